@@ -1,0 +1,30 @@
+"""rllib-kfcpo: constrained (safe) reinforcement learning for Ray RLlib.
+
+Importing the package registers every Safety-Gymnasium task id (e.g.
+``SafetyPointGoal1-v0``) and the toy cost envs with Ray Tune, and the algorithms
+``KFCPO`` and ``PPOLag`` as Tune trainables.
+"""
+
+from rllib_kfcpo.algorithms.ppo_lag import PPOLag, PPOLagConfig
+
+__version__ = "0.1.0"
+
+
+def register() -> None:
+    """Registers envs and algorithms with Ray Tune (idempotent; runs at import)."""
+    from ray.tune import register_trainable
+
+    from rllib_kfcpo.envs.toy import register_toy_envs
+
+    register_trainable("PPOLag", PPOLag)
+    register_toy_envs()
+    try:
+        from rllib_kfcpo.envs import register_safety_envs
+    except ImportError:
+        return
+    register_safety_envs()
+
+
+register()
+
+__all__ = ["PPOLag", "PPOLagConfig", "register"]

@@ -1,0 +1,111 @@
+"""KFCPO: Kronecker-Factored approximated Constrained Policy Optimization.
+
+The policy moves along K-FAC natural gradients: a reward direction and a cost direction
+under the same curvature, weighted by the margin to the cost limit, with the conflicting
+component of the harmful direction projected away, scaled to a trust region, and rolled
+back per minibatch when the real KL to the behaviour policy leaves the target. The
+critics are trained with Adam on the same minibatches. See docs/algorithm.md for every
+formula, default and the reason behind it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import NotProvided
+from ray.rllib.utils.annotations import override
+
+from rllib_kfcpo.safe.algorithm import SafeAlgorithm
+from rllib_kfcpo.safe.config import SafeAlgorithmConfig
+
+MARGIN_SCHEDULES = ("sigmoid", "hard")
+PROJECTIONS = ("harmful", "both", "none")
+
+#: name -> (default, one-line description); the single place each KFCPO setting is documented.
+KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
+    "use_kfac": (True, "Precondition with K-FAC (False: plain gradients, Euclidean metric)."),
+    "kfac_damping": (1e-2, "Damping added to the Kronecker eigenvalue products."),
+    "kfac_decay": (0.95, "EMA decay of the running Kronecker factors."),
+    "kfac_burn_in": (10, "Factor updates averaged plainly (1/k) before the EMA starts."),
+    "trust_region_kl": (2e-3, "Bound on the quadratic KL 0.5 a^2 d'Fd of one minibatch step."),
+    "max_step_size": (1.0, "Upper bound on the step size a along the combined direction."),
+    "margin_schedule": ("sigmoid", "'sigmoid' (smooth margin weights) or 'hard' switch."),
+    "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
+    "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
+    "projection": ("harmful", "'harmful', 'both' (PCGrad-like) or 'none' (ablation)."),
+    "kl_rollback": (True, "Undo a minibatch step whose real KL exceeds target_kl, stop."),
+    "target_kl": (0.02, "KL(behaviour || current) bound of the rollback, per iteration."),
+}
+
+
+class KFCPOConfig(SafeAlgorithmConfig):
+    """Config of :class:`KFCPO`. ``training()`` takes every key of ``KFCPO_SETTINGS``."""
+
+    def __init__(self, algo_class: type | None = None) -> None:
+        super().__init__(algo_class=algo_class or KFCPO)
+        for name, (default, _) in KFCPO_SETTINGS.items():
+            setattr(self, name, default)
+        # A natural-gradient step per minibatch: fewer, larger minibatches than PPO.
+        self.num_epochs = 10
+        self.minibatch_size = 2000
+
+    @override(SafeAlgorithmConfig)
+    def training(self, **kwargs: Any) -> KFCPOConfig:
+        """Sets KFCPO settings (see ``KFCPO_SETTINGS``), then the shared/PPO ones."""
+        for name in KFCPO_SETTINGS:
+            value = kwargs.pop(name, NotProvided)
+            if value is not NotProvided:
+                setattr(self, name, value)
+        super().training(**kwargs)
+        return self
+
+    @override(SafeAlgorithmConfig)
+    def get_default_learner_class(self) -> type:
+        from rllib_kfcpo.algorithms.kfcpo.kfcpo_torch_learner import KFCPOTorchLearner
+
+        return KFCPOTorchLearner
+
+    @override(SafeAlgorithmConfig)
+    def validate(self) -> None:
+        super().validate()
+
+        def positive(v: Any) -> bool:
+            return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+        rules = [
+            ("kfac_damping", positive, "a finite number > 0 (typical 1e-3..1e-1)"),
+            ("kfac_decay", lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)"),
+            ("kfac_burn_in", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+            ("trust_region_kl", positive, "a finite number > 0"),
+            ("max_step_size", positive, "a finite number > 0"),
+            ("margin_temperature", positive, "a finite number > 0"),
+            ("margin_offset", lambda v: isinstance(v, (int, float)) and math.isfinite(v),
+             "a finite number"),
+            ("target_kl", positive, "a finite number > 0"),
+            ("margin_schedule", lambda v: v in MARGIN_SCHEDULES, f"one of {MARGIN_SCHEDULES}"),
+            ("projection", lambda v: v in PROJECTIONS, f"one of {PROJECTIONS}"),
+            ("use_kfac", lambda v: isinstance(v, bool), "True or False"),
+            ("kl_rollback", lambda v: isinstance(v, bool), "True or False"),
+        ]
+        for name, ok, allowed in rules:
+            value = getattr(self, name)
+            if not ok(value):
+                self._value_error(
+                    f"training({name}={value!r}) is invalid: {name} must be {allowed}."
+                )
+        mbs, tbs = self.minibatch_size, self.train_batch_size_per_learner
+        if isinstance(mbs, int) and isinstance(tbs, int) and mbs > tbs:
+            self._value_error(
+                f"minibatch_size={mbs} is larger than train_batch_size_per_learner={tbs}: "
+                "make the minibatch at most the per-learner batch."
+            )
+
+
+class KFCPO(SafeAlgorithm):
+    """KFCPO on RLlib's new API stack (registered with Tune as ``KFCPO``)."""
+
+    @classmethod
+    @override(SafeAlgorithm)
+    def get_default_config(cls) -> KFCPOConfig:
+        return KFCPOConfig()

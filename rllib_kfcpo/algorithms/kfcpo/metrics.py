@@ -1,0 +1,18 @@
+"""Metric names KFCPO's learner logs (as ``learners/<module_id>/<name>``).
+
+Per-minibatch values are averaged over the iteration; counts are summed per iteration.
+"""
+
+COS_BEFORE = "reward_cost_cos_before"  # cosine of n_r, n_c in the Fisher metric
+COS_AFTER = "reward_cost_cos_after"  # the same after the projection
+CONFLICT = "conflict_fraction"  # share of steps where <n_r, n_c>_F < 0
+WEIGHT_REWARD = "weight_reward"  # w_r from the margin
+WEIGHT_COST = "weight_cost"  # w_c from the margin
+DIRECTION_QUAD = "direction_dFd"  # d^T F d of the blended direction
+STEP_SIZE = "step_size"  # a, the trust-region step size
+KL_AFTER_STEP = "kl_after_step"  # real KL(behaviour || current) after the step
+ROLLBACKS = "kl_rollbacks"  # steps undone this iteration (sum)
+POLICY_STEPS = "policy_steps"  # steps kept this iteration (sum)
+FROZEN_MINIBATCHES = "minibatches_after_rollback"  # critic-only minibatches (sum)
+SKIPPED_STEPS = "skipped_steps"  # non-finite direction or zero step (sum)
+KFAC_SECONDS = "kfac_seconds"  # time in curvature, preconditioning and manipulation

@@ -1,0 +1,87 @@
+"""Tiny envs with known costs, for tests, debugging and teaching (no MuJoCo).
+
+- ``KnownCostEnv``: the cost of step t is ``cost_scale * ((t + 1) % 4)``, so the
+  episode cost of an episode of ``episode_len`` steps is known in closed form.
+- ``ActionCostEnv``: reward ``a`` and cost ``1[a > 0]`` for a 1-D action ``a`` in
+  [-1, 1]: reward and cost conflict, and the cost is controlled by the action.
+
+Both truncate at ``episode_len`` steps (``terminate_at`` makes KnownCostEnv terminate
+instead) and put the cost in ``info["cost"]``. Registered with Tune as
+``rllib_kfcpo/KnownCost-v0`` and ``rllib_kfcpo/ActionCost-v0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+KNOWN_COST_ENV = "rllib_kfcpo/KnownCost-v0"
+ACTION_COST_ENV = "rllib_kfcpo/ActionCost-v0"
+
+
+def known_cost(t: int, cost_scale: float = 0.5) -> float:
+    """The cost KnownCostEnv emits after step ``t`` (0-based)."""
+    return cost_scale * ((t + 1) % 4)
+
+
+class KnownCostEnv(gym.Env):
+    """Deterministic per-step cost schedule; observation is (t / len, noise)."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        self.episode_len = int(config.get("episode_len", 20))
+        self.cost_scale = float(config.get("cost_scale", 0.5))
+        self.terminate = bool(config.get("terminate", False))
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.t / self.episode_len, self.np_random.normal()], np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: D102
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {"cost": 0.0}
+
+    def step(self, action):  # noqa: D102
+        cost = known_cost(self.t, self.cost_scale)
+        self.t += 1
+        done = self.t >= self.episode_len
+        return self._obs(), 1.0, done and self.terminate, done and not self.terminate, {
+            "cost": cost
+        }
+
+
+class ActionCostEnv(gym.Env):
+    """Reward ``a``, cost ``1[a > 0]``: the best safe policy picks a > 0 just often enough."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        self.episode_len = int(config.get("episode_len", 50))
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return self.np_random.uniform(-1, 1, size=2).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: D102
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):  # noqa: D102
+        a = float(np.clip(np.asarray(action).reshape(-1)[0], -1.0, 1.0))
+        self.t += 1
+        return self._obs(), a, False, self.t >= self.episode_len, {"cost": float(a > 0)}
+
+
+def register_toy_envs() -> None:
+    """Registers both toy envs with Ray Tune (idempotent)."""
+    from ray.tune.registry import register_env
+
+    register_env(KNOWN_COST_ENV, lambda cfg: KnownCostEnv(dict(cfg)))
+    register_env(ACTION_COST_ENV, lambda cfg: ActionCostEnv(dict(cfg)))

@@ -1,0 +1,123 @@
+"""RL module shared by all safe algorithms: Gaussian policy, reward critic, cost critic.
+
+Three separate MLPs (no shared layers, as in OmniSafe): ``pi`` maps an observation to the
+mean of a diagonal Gaussian whose log standard deviation is a state-independent
+parameter; ``vf`` predicts the reward value; ``cvf`` predicts the cost value. The critics
+are training-only: env runners build the module with ``inference_only=True`` and never
+hold them.
+
+Model config keys (``RLModuleSpec(model_config=...)`` or ``config.rl_module``):
+
+- ``fcnet_hiddens`` (default ``[64, 64]``): hidden layer widths of all three networks.
+- ``fcnet_activation`` (default ``"tanh"``): ``"tanh"``, ``"relu"`` or ``"elu"``.
+- ``log_std_init`` (default ``-0.5``): initial log standard deviation of the policy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
+from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.models.torch.torch_distributions import TorchDiagGaussian
+from ray.rllib.utils.annotations import override
+from torch import nn
+
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    "fcnet_hiddens": [64, 64],
+    "fcnet_activation": "tanh",
+    "log_std_init": -0.5,
+}
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
+
+
+def build_mlp(
+    in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: str, out_gain: float
+) -> nn.Sequential:
+    """An MLP of ``nn.Linear`` layers with orthogonal init (CleanRL/OmniSafe style)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"model_config['fcnet_activation']={activation!r} is not supported; "
+            f"use one of {sorted(_ACTIVATIONS)}."
+        )
+    layers: list[nn.Module] = []
+    last = in_dim
+    for width in hidden_sizes:
+        linear = nn.Linear(last, int(width))
+        nn.init.orthogonal_(linear.weight, gain=math.sqrt(2))
+        nn.init.zeros_(linear.bias)
+        layers += [linear, _ACTIVATIONS[activation]()]
+        last = int(width)
+    head = nn.Linear(last, out_dim)
+    nn.init.orthogonal_(head.weight, gain=out_gain)
+    nn.init.zeros_(head.bias)
+    layers.append(head)
+    return nn.Sequential(*layers)
+
+
+class SafeActorCriticTorchModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
+    """Gaussian policy with separate reward and cost critics (see module docstring)."""
+
+    @override(RLModule)
+    def setup(self) -> None:
+        if not isinstance(self.action_space, gym.spaces.Box):
+            raise ValueError(
+                f"Safe algorithms in rllib_kfcpo support continuous (Box) action spaces "
+                f"only, but the env's action space is {self.action_space}. Use a "
+                "Safety-Gymnasium task or wrap your env so its actions are a Box."
+            )
+        cfg = {**DEFAULT_MODEL_CONFIG, **(self.model_config or {})}
+        hidden = tuple(cfg["fcnet_hiddens"])
+        obs_dim = int(np.prod(self.observation_space.shape))
+        act_dim = int(np.prod(self.action_space.shape))
+        self.pi = build_mlp(obs_dim, hidden, act_dim, cfg["fcnet_activation"], out_gain=0.01)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg["log_std_init"])))
+        if not self.inference_only:
+            self.vf = build_mlp(obs_dim, hidden, 1, cfg["fcnet_activation"], out_gain=1.0)
+            self.cvf = build_mlp(obs_dim, hidden, 1, cfg["fcnet_activation"], out_gain=1.0)
+
+    @override(TorchRLModule)
+    def get_inference_action_dist_cls(self) -> type[TorchDiagGaussian]:
+        return TorchDiagGaussian
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The policy's parameters: the mean MLP's, then the log-std."""
+        return [*self.pi.parameters(), self.log_std]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The reward and cost critics' parameters."""
+        return [*self.vf.parameters(), *self.cvf.parameters()]
+
+    def flat_obs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Observations of a batch as a float (B, obs_dim) tensor."""
+        obs = batch[Columns.OBS]
+        return obs.reshape(*obs.shape[:1], -1).float()
+
+    def action_dist_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Concatenated ``[mean, log_std]`` as RLlib's diagonal Gaussian expects."""
+        mean = self.pi(obs)
+        return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)
+
+    @override(RLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return {Columns.ACTION_DIST_INPUTS: self.action_dist_inputs(self.flat_obs(batch))}
+
+    @override(ValueFunctionAPI)
+    def compute_values(self, batch: dict[str, Any], embeddings: Any = None) -> torch.Tensor:
+        return self.vf(self.flat_obs(batch)).squeeze(-1)
+
+    def compute_cost_values(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Predicted discounted cost-to-go ``V_c(s)``."""
+        return self.cvf(self.flat_obs(batch)).squeeze(-1)
+
+    @override(InferenceOnlyAPI)
+    def get_non_inference_attributes(self) -> list[str]:
+        return ["vf", "cvf"]

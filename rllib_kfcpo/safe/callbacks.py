@@ -1,0 +1,74 @@
+"""Episode cost bookkeeping on the env runners (written once for every safe algorithm).
+
+The episode cost is the undiscounted sum of the raw per-step costs ``info["cost"]`` of
+one whole episode. RLlib hands episodes to the learner in chunks, so the running sum is
+kept in ``episode.custom_data`` (copied into every continuation chunk) and logged only
+when the episode ends, with the same window as RLlib's ``episode_return_mean``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.rllib.callbacks.callbacks import RLlibCallback
+
+from rllib_kfcpo.safe.columns import EPISODE_COST_MAX, EPISODE_COST_MEAN, EPISODE_COST_MIN
+
+_RUNNING_COST = "rllib_kfcpo_episode_cost"
+
+
+class MissingCostError(ValueError):
+    """The env did not put the per-step cost into ``info["cost"]``."""
+
+
+def read_step_cost(info: Any, *, where: str = "") -> float:
+    """Return ``info["cost"]`` as a float, or raise one clear error saying what is wrong."""
+    if not isinstance(info, dict) or "cost" not in info:
+        keys = sorted(info) if isinstance(info, dict) else type(info).__name__
+        raise MissingCostError(
+            f"The environment{where} returned no cost: safe algorithms need the per-step "
+            f"cost in info['cost'] after every step, but the info had keys {keys}. Use a "
+            "Safety-Gymnasium task id (e.g. 'SafetyPointGoal1-v0') or make your env's "
+            "step() return info={'cost': float(c), ...}."
+        )
+    cost = float(info["cost"])
+    if not math.isfinite(cost):
+        raise ValueError(
+            f"The environment{where} returned a non-finite cost {cost!r} in info['cost']. "
+            "Costs must be finite numbers; check the env's cost function."
+        )
+    return cost
+
+
+def _window(env_runner: Any) -> int:
+    # RLlib logs episode_return_mean on each of n runners with window ceil(W / n) and
+    # merges the runners on the driver; doing the same keeps both metrics comparable.
+    config = env_runner.config
+    return max(1, math.ceil(config.metrics_num_episodes_for_smoothing
+                            / max(1, config.num_env_runners or 1)))
+
+
+class SafeMetricsCallback(RLlibCallback):
+    """Accumulates ``info["cost"]`` per episode and logs ``episode_cost_mean``."""
+
+    def on_episode_start(self, *, episode, **kwargs) -> None:  # noqa: D102
+        episode.custom_data[_RUNNING_COST] = 0.0
+
+    def on_episode_step(self, *, episode, env_runner=None, **kwargs) -> None:  # noqa: D102
+        where = ""
+        if env_runner is not None:
+            where = f" {env_runner.config.env!r}"
+        cost = read_step_cost(episode.get_infos(-1), where=where)
+        episode.custom_data[_RUNNING_COST] = episode.custom_data.get(_RUNNING_COST, 0.0) + cost
+
+    def on_episode_end(  # noqa: D102
+        self, *, episode, env_runner=None, metrics_logger=None, **kwargs
+    ) -> None:
+        if metrics_logger is None or env_runner is None:
+            return
+        total = float(episode.custom_data.get(_RUNNING_COST, 0.0))
+        window = _window(env_runner)
+        metrics_logger.log_value(EPISODE_COST_MEAN, total, window=window)
+        metrics_logger.log_value(EPISODE_COST_MAX, total, reduce="max", window=window)
+        metrics_logger.log_value(EPISODE_COST_MIN, total, reduce="min", window=window)

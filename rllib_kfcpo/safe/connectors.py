@@ -1,0 +1,155 @@
+"""Learner connector pieces that make the cost a first-class column of the train batch.
+
+Pipeline order (set up by :class:`rllib_kfcpo.safe.learner.SafeLearnerMixin`)::
+
+    AddOneTsToEpisodesAndTruncate      (RLlib; one bootstrap step per episode chunk)
+    AddObservationsFromEpisodesToBatch (RLlib default)
+    AddColumnsFromEpisodesToTrainBatch (RLlib default)
+    AddCostsToBatch                    (ours, before batching)
+    BatchIndividualItems, NumpyToTensor (RLlib default)
+    SafeGeneralAdvantageEstimation     (ours; replaces RLlib's GAE)
+
+Index convention: RLlib stores the reset info at ``infos[0]`` of an episode, so the cost
+of step ``t`` (the action taken at observation ``t``) is ``infos[t + 1]["cost"]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core.columns import Columns
+from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.numpy import convert_to_numpy
+from ray.rllib.utils.postprocessing.value_predictions import compute_value_targets
+
+from rllib_kfcpo.safe.callbacks import read_step_cost
+from rllib_kfcpo.safe.columns import COST_ADVANTAGES, COST_VALUE_TARGETS, COSTS
+
+_BOOTSTRAP_ADDED = "_added_loss_mask_for_valid_episode_ts"
+
+
+class AddCostsToBatch(ConnectorV2):
+    """Adds the per-step cost ``infos[t + 1]["cost"]`` of every step as column ``costs``.
+
+    When ``AddOneTsToEpisodesAndTruncate`` ran before (it appends a copy of the last info
+    as an artificial bootstrap step), that extra step gets cost 0, like its reward.
+    """
+
+    @override(ConnectorV2)
+    def __call__(
+        self,
+        *,
+        rl_module: Any,
+        batch: dict[str, Any],
+        episodes: list[Any],
+        explore: bool | None = None,
+        shared_data: dict | None = None,
+        **kwargs,
+    ) -> Any:
+        if COSTS in batch:
+            return batch
+        bootstrap_added = bool((shared_data or {}).get(_BOOTSTRAP_ADDED))
+        for episode in self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False):
+            n = len(episode)
+            n_real = n - 1 if bootstrap_added else n
+            infos = episode.get_infos(slice(1, n_real + 1))
+            costs = [read_step_cost(info) for info in infos] + [0.0] * (n - n_real)
+            self.add_n_batch_items(batch, COSTS, costs, n, episode)
+        return batch
+
+
+def _masked_mean_std(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Mean and std of ``x[mask]`` over all learners (one all-reduce when distributed)."""
+    from rllib_kfcpo.kfac.distributed import all_reduce_mean_
+
+    stats = torch.tensor(
+        [float(mask.sum()), float(x[mask].sum()), float((x[mask] ** 2).sum())],
+        dtype=torch.float64,
+    )
+    all_reduce_mean_([stats])  # averages of (n, sum, sumsq): the ratios are global.
+    n, s, ss = stats.tolist()
+    mean = s / max(n, 1e-12)
+    var = max(ss / max(n, 1e-12) - mean**2, 0.0)
+    return mean, var**0.5
+
+
+class SafeGeneralAdvantageEstimation(ConnectorV2):
+    """GAE for rewards and for costs, each with its own gamma and lambda.
+
+    Adds ``advantages``/``value_targets`` (reward) and ``cost_advantages``/
+    ``cost_value_targets``. Truncated chunks bootstrap from the value of the extra step,
+    terminated episodes do not (RLlib's ``compute_value_targets`` convention). Reward
+    advantages are standardised, cost advantages are centred (OmniSafe's choice: the
+    cost scale stays meaningful for the constraint); both statistics are taken over the
+    real steps of the whole batch across all learners, so a batch split over n learners
+    is normalised exactly like the whole batch on one learner.
+    """
+
+    def __init__(
+        self,
+        input_observation_space=None,
+        input_action_space=None,
+        *,
+        gamma: float,
+        lambda_: float,
+        cost_gamma: float,
+        cost_lambda: float,
+        standardize_reward_advantages: bool = True,
+        center_cost_advantages: bool = True,
+    ) -> None:
+        super().__init__(input_observation_space, input_action_space)
+        self.gamma = gamma
+        self.lambda_ = lambda_
+        self.cost_gamma = cost_gamma
+        self.cost_lambda = cost_lambda
+        self.standardize_reward_advantages = standardize_reward_advantages
+        self.center_cost_advantages = center_cost_advantages
+
+    @override(ConnectorV2)
+    def __call__(
+        self, *, rl_module: Any, episodes: list[Any], batch: dict[str, Any], **kwargs
+    ) -> Any:
+        for module_id, module_batch in batch.items():
+            module = rl_module[module_id].unwrapped()
+            with torch.no_grad():
+                values = convert_to_numpy(module.compute_values(module_batch))
+                cost_values = convert_to_numpy(module.compute_cost_values(module_batch))
+            device = module_batch[Columns.OBS].device
+
+            def np_(key: str) -> np.ndarray:
+                return convert_to_numpy(module_batch[key]).astype(np.float32)
+
+            terminateds, truncateds = np_(Columns.TERMINATEDS), np_(Columns.TRUNCATEDS)
+            targets = compute_value_targets(
+                values=values, rewards=np_(Columns.REWARDS), terminateds=terminateds,
+                truncateds=truncateds, gamma=self.gamma, lambda_=self.lambda_,
+            )
+            cost_targets = compute_value_targets(
+                values=cost_values, rewards=np_(COSTS), terminateds=terminateds,
+                truncateds=truncateds, gamma=self.cost_gamma, lambda_=self.cost_lambda,
+            )
+            adv = targets - values
+            cost_adv = cost_targets - cost_values
+            if Columns.LOSS_MASK in module_batch:
+                mask = convert_to_numpy(module_batch[Columns.LOSS_MASK]).astype(bool)
+            else:
+                mask = np.ones_like(adv, dtype=bool)
+            if self.standardize_reward_advantages:
+                mean, std = _masked_mean_std(adv, mask)
+                adv = (adv - mean) / max(std, 1e-8)
+            if self.center_cost_advantages:
+                mean, _ = _masked_mean_std(cost_adv, mask)
+                cost_adv = cost_adv - mean
+            for key, value in (
+                (Postprocessing.ADVANTAGES, adv),
+                (Postprocessing.VALUE_TARGETS, targets),
+                (COST_ADVANTAGES, cost_adv),
+                (COST_VALUE_TARGETS, cost_targets),
+            ):
+                module_batch[key] = torch.as_tensor(value, dtype=torch.float32, device=device)
+            module_batch[COSTS] = torch.as_tensor(np_(COSTS), device=device)
+        return batch

@@ -1,0 +1,95 @@
+"""Learner machinery every safe algorithm shares.
+
+:class:`SafeTorchLearner` puts the cost into the learner connector pipeline (cost column,
+reward and cost GAE), receives the windowed episode cost Jc from the driver each
+iteration, trains nothing by itself, and checkpoints algorithm-specific state through
+:meth:`get_safe_state` / :meth:`set_safe_state`. Algorithms subclass it and add only
+their policy update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.learner import GeneralAdvantageEstimation
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.learner.learner import Learner
+from ray.rllib.utils.annotations import override
+
+from rllib_kfcpo.safe.columns import (
+    COST_LIMIT_KEY,
+    EPISODE_COST_FOR_LEARNER,
+    EPISODE_COST_SEEN_KEY,
+)
+from rllib_kfcpo.safe.connectors import SafeGeneralAdvantageEstimation
+
+#: Learner-state component holding algorithm state beyond module/optimizer/metrics.
+COMPONENT_SAFE_STATE = "safe_state"
+
+
+def masked_mean(x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    """Mean over the real (non-bootstrap) steps of a minibatch."""
+    mask = batch.get(Columns.LOSS_MASK)
+    if mask is None:
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp_min(1)
+
+
+class SafeTorchLearner(PPOTorchLearner):
+    """Base torch learner of the safe algorithms (see module docstring)."""
+
+    @override(PPOTorchLearner)
+    def build(self) -> None:
+        super().build()
+        #: Jc as last received from the driver (NaN until an episode has finished).
+        self.episode_cost = math.nan
+        if (
+            self._learner_connector is not None
+            and self.config.add_default_connectors_to_learner_pipeline
+        ):
+            self._learner_connector.remove(GeneralAdvantageEstimation)
+            self._learner_connector.append(
+                SafeGeneralAdvantageEstimation(
+                    gamma=self.config.gamma,
+                    lambda_=self.config.lambda_,
+                    cost_gamma=self.config.cost_gamma,
+                    cost_lambda=self.config.cost_lambda,
+                )
+            )
+
+    @override(Learner)
+    def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().before_gradient_based_update(timesteps=timesteps)
+        jc = float(timesteps.get(EPISODE_COST_FOR_LEARNER, math.nan))
+        if math.isfinite(jc):
+            self.episode_cost = jc
+        for module_id in self.module.keys():
+            self.metrics.log_value((module_id, EPISODE_COST_SEEN_KEY), self.episode_cost,
+                                   window=1)
+            self.metrics.log_value((module_id, COST_LIMIT_KEY), float(self.config.cost_limit),
+                                   window=1)
+
+    # --- Extra state -------------------------------------------------------------------
+    def get_safe_state(self) -> dict[str, Any]:
+        """Algorithm state that must survive a checkpoint (override and extend)."""
+        return {"episode_cost": self.episode_cost}
+
+    def set_safe_state(self, state: dict[str, Any]) -> None:
+        """Restores what :meth:`get_safe_state` returned (override and extend)."""
+        self.episode_cost = float(state.get("episode_cost", math.nan))
+
+    @override(Learner)
+    def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if self._check_component(COMPONENT_SAFE_STATE, components, not_components):
+            state[COMPONENT_SAFE_STATE] = self.get_safe_state()
+        return state
+
+    @override(Learner)
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if COMPONENT_SAFE_STATE in state:
+            self.set_safe_state(state[COMPONENT_SAFE_STATE])

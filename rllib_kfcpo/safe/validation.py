@@ -1,0 +1,76 @@
+"""Checks made on the driver before any worker starts, each with one clear error."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rllib_kfcpo.safe.callbacks import read_step_cost
+
+
+def _known_env_ids() -> list[str]:
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    ids = set(gym.registry.keys())
+    try:
+        from rllib_kfcpo.envs import SAFETY_TASK_IDS
+
+        ids |= set(SAFETY_TASK_IDS)
+    except ImportError:  # pragma: no cover - package always ships envs
+        pass
+    return sorted(i for i in ids if _global_registry.contains(ENV_CREATOR, i) or i in ids)
+
+
+def make_env_from_config(config: Any) -> gym.Env:
+    """Builds one env exactly as RLlib's env runners would (tune registry, then gymnasium)."""
+    from ray.rllib.env.env_context import EnvContext
+    from ray.tune.registry import ENV_CREATOR, _global_registry
+
+    env_spec = config.env
+    env_config = EnvContext(dict(config.env_config or {}), worker_index=0)
+    if env_spec is None:
+        raise ValueError(
+            "No environment configured: call config.environment('SafetyPointGoal1-v0') "
+            "(any Safety-Gymnasium task id, or an env registered with ray.tune.register_env)."
+        )
+    if isinstance(env_spec, str):
+        if _global_registry.contains(ENV_CREATOR, env_spec):
+            return _global_registry.get(ENV_CREATOR, env_spec)(env_config)
+        if env_spec in gym.registry:
+            return gym.make(env_spec, **dict(env_config))
+        close = difflib.get_close_matches(env_spec, _known_env_ids(), n=5, cutoff=0.6)
+        hint = f" Did you mean one of {close}?" if close else ""
+        raise ValueError(
+            f"Unknown environment id {env_spec!r}.{hint} Use a Safety-Gymnasium task id "
+            "(list them with `python -c \"import rllib_kfcpo.envs as e; "
+            "print(e.SAFETY_TASK_IDS)\"`) or register your own with "
+            "ray.tune.register_env(name, creator)."
+        )
+    return env_spec(env_config)
+
+
+def check_env_emits_cost(config: Any) -> None:
+    """Builds one env, checks its spaces and that a step puts a finite cost in info."""
+    env = make_env_from_config(config)
+    try:
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise ValueError(
+                f"Env {config.env!r} has action space {env.action_space}; the safe "
+                "algorithms in rllib_kfcpo support continuous Box action spaces only."
+            )
+        _, _ = env.reset(seed=0)
+        action = np.asarray(env.action_space.sample())
+        out = env.step(action)
+        if len(out) != 5:
+            raise ValueError(
+                f"Env {config.env!r}.step() returned {len(out)} values; RLlib needs the "
+                "gymnasium 5-tuple (obs, reward, terminated, truncated, info) with the cost "
+                "in info['cost']. Safety-Gymnasium's native 6-tuple must be converted "
+                "(the task ids registered by rllib_kfcpo do this)."
+            )
+        read_step_cost(out[4], where=f" {config.env!r}")
+    finally:
+        env.close()
