@@ -1,0 +1,62 @@
+"""The per-step cost reaches the train batch and the episode cost metric exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ray.rllib.core.columns import Columns
+
+from rllib_kfcpo import PPOLagConfig
+from rllib_kfcpo.envs.toy import KNOWN_COST_ENV, known_cost
+from rllib_kfcpo.safe.columns import COSTS, EPISODE_COST_MAX, EPISODE_COST_MEAN
+
+EPISODE_LEN = 13  # not a divisor of the fragment length: episodes cross chunk borders
+
+
+def config(**env_config):
+    return (
+        PPOLagConfig()
+        .environment(KNOWN_COST_ENV, env_config={"episode_len": EPISODE_LEN, **env_config})
+        .env_runners(num_env_runners=2, rollout_fragment_length=20)
+        .training(train_batch_size=80, minibatch_size=40, num_epochs=1)
+    )
+
+
+@pytest.mark.parametrize("terminate", [False, True])
+def test_episode_cost_mean_is_the_exact_episodic_sum(ray_local, terminate):
+    algo = config(terminate=terminate).build_algo()
+    try:
+        for _ in range(3):
+            result = algo.train()
+    finally:
+        algo.stop()
+    expected = sum(known_cost(t) for t in range(EPISODE_LEN))
+    runners = result["env_runners"]
+    assert runners[EPISODE_COST_MEAN] == pytest.approx(expected, abs=1e-9)
+    assert runners[EPISODE_COST_MAX] == pytest.approx(expected, abs=1e-9)
+    # The learner receives the same number for its constraint logic.
+    seen = result["learners"]["default_policy"]["episode_cost_seen_by_learner"]
+    assert seen == pytest.approx(expected, abs=1e-9)
+
+
+def test_cost_column_matches_what_the_env_emitted(ray_local):
+    cfg = config().env_runners(num_env_runners=0)
+    algo = cfg.build_algo()
+    try:
+        episodes = algo.env_runner.sample(num_timesteps=50, random_actions=True)
+        learner = algo.learner_group._learner
+        emitted = []
+        for ep in episodes:
+            # The env's own record: step t of the chunk emitted infos[t + 1]["cost"].
+            emitted.extend(info["cost"] for info in ep.get_infos()[1:])
+            # And it is the env's schedule: t is the step index within the episode.
+            start = ep.t_started
+            assert [info["cost"] for info in ep.get_infos()[1:]] == [
+                known_cost(t) for t in range(start, start + len(ep))
+            ]
+        batch = learner._learner_connector(rl_module=learner.module, episodes=episodes,
+                                           batch={}, shared_data={})["default_policy"]
+        mask = batch[Columns.LOSS_MASK].numpy().astype(bool)
+        np.testing.assert_array_equal(batch[COSTS].numpy()[mask], np.array(emitted))
+    finally:
+        algo.stop()
