@@ -5,6 +5,7 @@ Importing the package registers every Safety-Gymnasium task id (e.g.
 ``KFCPO`` and ``PPOLag`` as Tune trainables.
 """
 
+from rllib_kfcpo.algorithms.kfcpo import KFCPO, KFCPOConfig
 from rllib_kfcpo.algorithms.ppo_lag import PPOLag, PPOLagConfig
 
 __version__ = "0.1.0"
@@ -16,6 +17,7 @@ def register() -> None:
 
     from rllib_kfcpo.envs.toy import register_toy_envs
 
+    register_trainable("KFCPO", KFCPO)
     register_trainable("PPOLag", PPOLag)
     register_toy_envs()
     try:
@@ -27,4 +29,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["PPOLag", "PPOLagConfig", "register"]
+__all__ = ["KFCPO", "KFCPOConfig", "PPOLag", "PPOLagConfig", "register"]

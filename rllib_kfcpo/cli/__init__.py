@@ -1,0 +1,1 @@
+"""Command line: rllib train / evaluate / plot."""

@@ -1,0 +1,139 @@
+"""RLlib's classic tuned-example format, read and checked before anything starts.
+
+A YAML file maps experiment names to ``{run, env, stop, config}``::
+
+    point-goal1-kfcpo:
+      run: KFCPO
+      env: SafetyPointGoal1-v0
+      stop: {num_env_steps_sampled_lifetime: 10000000}
+      config: {cost_limit: 25.0, train_batch_size: 20000}
+
+Every problem (malformed YAML, unknown algorithm, env or config key) is reported as one
+:class:`ExperimentError` naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXPERIMENT_KEYS = {"run", "env", "stop", "config", "checkpoint_freq", "checkpoint_at_end",
+                   "num_samples", "seeds"}
+#: Friendly spellings of config keys that RLlib stores under another name.
+CONFIG_ALIASES = {"model_config": "_model_config", "model": "_model_config"}
+
+
+class ExperimentError(ValueError):
+    """A tuned-example file or command line that cannot run, with the reason and fix."""
+
+
+def algorithms() -> dict[str, Any]:
+    """Algorithm name -> config class, for every algorithm the CLI can run."""
+    from rllib_kfcpo import KFCPOConfig, PPOLagConfig
+
+    return {"KFCPO": KFCPOConfig, "PPOLag": PPOLagConfig}
+
+
+@dataclass
+class Experiment:
+    """One experiment of a tuned-example file."""
+
+    name: str
+    run: str
+    env: str
+    stop: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    checkpoint_freq: int = 0
+    seeds: list[int] = field(default_factory=list)
+
+    def build_config(self) -> Any:
+        """The validated AlgorithmConfig of this experiment (raises ExperimentError)."""
+        return build_algorithm_config(self.run, self.env, self.config, where=self.name)
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def build_algorithm_config(run: str, env: str, overrides: dict[str, Any],
+                           where: str = "command line") -> Any:
+    """Algorithm config for ``run`` on ``env`` with ``overrides``; checks every key."""
+    known = algorithms()
+    if run not in known:
+        raise ExperimentError(
+            f"[{where}] unknown algorithm {run!r}.{_suggest(run, list(known))} "
+            f"Available: {sorted(known)}."
+        )
+    config = known[run]()
+    unknown = []
+    translated = {}
+    for key, value in (overrides or {}).items():
+        real = CONFIG_ALIASES.get(key, config._translate_special_keys(key, warn_deprecated=False))
+        if real in ("env", "environment"):
+            raise ExperimentError(f"[{where}] set the env with `env:` next to `config:`, "
+                                  "not inside config.")
+        if not (hasattr(config, real) or real == "multiagent"):
+            unknown.append(key)
+        translated[real] = value
+    if unknown:
+        options = sorted(k for k in vars(config) if not k.startswith("__"))
+        hints = " ".join(f"{k!r}:{_suggest(k, options) or ' no close match.'}" for k in unknown)
+        raise ExperimentError(
+            f"[{where}] unknown config key(s) for {run}: {hints} Fix the spelling or remove "
+            f"the key; see `rllib train --help-config {run}` for every key."
+        )
+    config.update_from_dict(translated)
+    config.environment(env)
+    try:
+        from rllib_kfcpo.safe.validation import make_env_from_config
+
+        make_env_from_config(config).close()
+    except ValueError as err:
+        raise ExperimentError(f"[{where}] {err}") from err
+    try:
+        config.validate()
+    except ValueError as err:
+        raise ExperimentError(f"[{where}] invalid config: {err}") from err
+    return config
+
+
+def load_experiments(path: str | Path) -> list[Experiment]:
+    """Reads and checks a tuned-example YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"No such file: {str(path)!r}. Give the path of a tuned "
+                              "example, e.g. tuned_examples/kfcpo/safety-point-goal1.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"Malformed YAML in {str(path)!r}: {err}") from err
+    if not isinstance(data, dict) or not data:
+        raise ExperimentError(
+            f"{str(path)!r} must map experiment names to {{run, env, stop, config}}, "
+            f"got {type(data).__name__}."
+        )
+    experiments = []
+    for name, spec in data.items():
+        if not isinstance(spec, dict):
+            raise ExperimentError(f"[{name}] must be a mapping with run/env/stop/config.")
+        extra = set(spec) - EXPERIMENT_KEYS
+        if extra:
+            raise ExperimentError(
+                f"[{name}] unknown experiment key(s) {sorted(extra)}; allowed: "
+                f"{sorted(EXPERIMENT_KEYS)} (algorithm settings go under `config:`)."
+            )
+        for required in ("run", "env"):
+            if required not in spec:
+                raise ExperimentError(f"[{name}] missing `{required}:`.")
+        experiments.append(Experiment(
+            name=str(name), run=str(spec["run"]), env=str(spec["env"]),
+            stop=dict(spec.get("stop") or {}), config=dict(spec.get("config") or {}),
+            checkpoint_freq=int(spec.get("checkpoint_freq", 0)),
+            seeds=[int(s) for s in spec.get("seeds", [])],
+        ))
+    return experiments

@@ -1,0 +1,98 @@
+"""Learning curves (episode return and episode cost vs env steps) from Tune result dirs.
+
+Reads every ``progress.csv`` below the given directories, groups trials by experiment
+(the directory that holds the trial directories), interpolates each trial onto a common
+step grid and draws the mean with a min-max band over trials (seeds), plus the cost
+limit as a dashed line. Returns the plotted data so tests can check the curves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rllib_kfcpo.cli.run import COST_KEY, RETURN_KEY, STEPS_KEY
+
+
+def read_trial(trial_dir: Path) -> dict[str, Any]:
+    """Steps, returns, costs and the cost limit of one trial directory."""
+    rows = list(csv.DictReader((trial_dir / "progress.csv").open()))
+
+    def column(key: str) -> np.ndarray:
+        return np.array([float(r.get(key) or "nan") for r in rows])
+
+    limit = math.nan
+    params = trial_dir / "params.json"
+    if params.exists():
+        limit = float(json.loads(params.read_text()).get("cost_limit", math.nan))
+    return {"steps": column(STEPS_KEY), "return": column(RETURN_KEY),
+            "cost": column(COST_KEY), "cost_limit": limit}
+
+
+def collect(result_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
+    """Experiment name -> list of trials found below ``result_dirs``."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for root in result_dirs:
+        for progress in sorted(Path(root).rglob("progress.csv")):
+            trial = read_trial(progress.parent)
+            if len(trial["steps"]):
+                groups[progress.parent.parent.name].append(trial)
+    if not groups:
+        raise FileNotFoundError(
+            f"No progress.csv below {[str(d) for d in result_dirs]}: pass the --storage-path "
+            "of `rllib train` (or a Tune experiment directory)."
+        )
+    return dict(groups)
+
+
+def aggregate(trials: list[dict[str, Any]], key: str, points: int = 50) -> dict[str, Any]:
+    """Mean, min and max of ``key`` over trials on a common env-step grid."""
+    end = min(t["steps"][-1] for t in trials)
+    start = max(t["steps"][0] for t in trials)
+    grid = np.linspace(start, end, points) if end > start else np.array([end])
+    curves = []
+    for t in trials:
+        ok = np.isfinite(t[key])
+        curves.append(np.interp(grid, t["steps"][ok], t[key][ok]) if ok.any()
+                      else np.full_like(grid, np.nan))
+    stack = np.stack(curves)
+    return {"steps": grid, "mean": np.nanmean(stack, 0), "min": np.nanmin(stack, 0),
+            "max": np.nanmax(stack, 0), "n": len(trials)}
+
+
+def plot_learning_curves(result_dirs: list[str | Path], output: str | Path) -> dict[str, Any]:
+    """Writes a PNG with return and cost panels; returns the plotted data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = collect(result_dirs)
+    fig, (ax_r, ax_c) = plt.subplots(1, 2, figsize=(12, 4.5))
+    data: dict[str, Any] = {}
+    limits = set()
+    for name, trials in sorted(groups.items()):
+        data[name] = {k: aggregate(trials, k) for k in ("return", "cost")}
+        for ax, key in ((ax_r, "return"), (ax_c, "cost")):
+            d = data[name][key]
+            line = ax.plot(d["steps"], d["mean"], label=f"{name} (n={d['n']})")[0]
+            ax.fill_between(d["steps"], d["min"], d["max"], alpha=0.2, color=line.get_color())
+        limits |= {t["cost_limit"] for t in trials if math.isfinite(t["cost_limit"])}
+    for limit in sorted(limits):
+        ax_c.axhline(limit, ls="--", color="red", label=f"cost limit {limit:g}")
+    ax_r.set(title="Episode return", xlabel="env steps", ylabel="mean episode return")
+    ax_c.set(title="Episode cost", xlabel="env steps", ylabel="mean episode cost")
+    for ax in (ax_r, ax_c):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return {"groups": data, "cost_limits": sorted(limits)}
