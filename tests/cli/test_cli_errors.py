@@ -1,0 +1,68 @@
+"""`rllib train` refuses bad input before Ray starts, with one clear message."""
+
+from __future__ import annotations
+
+import pytest
+
+from rllib_kfcpo.cli.experiment import ExperimentError, load_experiments
+from rllib_kfcpo.cli.main import main
+from rllib_kfcpo.envs.toy import KNOWN_COST_ENV
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_unknown_algorithm(capsys):
+    code, err = run_cli(capsys, "train", "--algo", "KFCP0", "--env", KNOWN_COST_ENV)
+    assert code == 2
+    assert "unknown algorithm 'KFCP0'" in err and "'KFCPO'" in err
+
+
+def test_unknown_env(capsys):
+    code, err = run_cli(capsys, "train", "--algo", "KFCPO", "--env", "SafetyPointGaol1-v0")
+    assert code == 2
+    assert "Unknown environment id 'SafetyPointGaol1-v0'" in err
+
+
+def test_unknown_config_key_is_named_with_a_suggestion(capsys):
+    code, err = run_cli(capsys, "train", "--algo", "PPOLag", "--env", KNOWN_COST_ENV,
+                        "--config", '{"cost_limt": 10}')
+    assert code == 2
+    assert "'cost_limt'" in err and "'cost_limit'" in err
+
+
+def test_invalid_value_is_named(capsys):
+    code, err = run_cli(capsys, "train", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--config", '{"cost_limit": -1}')
+    assert code == 2
+    assert "cost_limit=-1" in err
+
+
+def test_bad_json(capsys):
+    code, err = run_cli(capsys, "train", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--stop", "{training_iteration: 2}")
+    assert code == 2
+    assert "--stop must be a JSON object" in err
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("exp:\n  run: KFCPO\n  env: [unclosed\n")
+    code, err = run_cli(capsys, "train", "file", str(bad))
+    assert code == 2
+    assert "Malformed YAML" in err
+
+
+def test_unknown_experiment_key(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(f"exp:\n  run: KFCPO\n  env: {KNOWN_COST_ENV}\n  confg: {{}}\n")
+    with pytest.raises(ExperimentError, match="unknown experiment key"):
+        load_experiments(path)
+
+
+def test_missing_file(capsys):
+    code, err = run_cli(capsys, "train", "file", "does/not/exist.yaml")
+    assert code == 2
+    assert "No such file" in err
