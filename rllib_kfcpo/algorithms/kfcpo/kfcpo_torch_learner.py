@@ -174,8 +174,8 @@ class KFCPOTorchLearner(SafeTorchLearner):
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        self.metrics.log_value((module_id, VF_LOSS_KEY), float(vf_loss), reduce="mean")
-        self.metrics.log_value((module_id, COST_VF_LOSS_KEY), float(cost_vf_loss),
+        self.metrics.log_value((module_id, VF_LOSS_KEY), vf_loss.item(), reduce="mean")
+        self.metrics.log_value((module_id, COST_VF_LOSS_KEY), cost_vf_loss.item(),
                                reduce="mean")
         return loss.detach()
 
@@ -226,6 +226,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
             M.WEIGHT_COST: w_cost,
             M.DIRECTION_QUAD: quad,
             M.STEP_SIZE: step,
+            M.QUAD_KL: 0.5 * step**2 * quad,
             M.KL_AFTER_STEP: kl,
             M.KFAC_SECONDS: kfac_seconds,
             ENTROPY_KEY: float(masked_mean(dist.entropy(), batch)),

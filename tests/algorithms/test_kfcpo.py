@@ -1,0 +1,174 @@
+"""KFCPO on real Ray: rollback, several learners, checkpoints, learning on a tiny env."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+from rllib_kfcpo import KFCPOConfig
+from rllib_kfcpo.envs.toy import ACTION_COST_ENV, ActionCostEnv
+from tests.helpers import assert_same_weights, learner_weights, results
+
+POLICY_KEYS = ("pi.", "log_std")
+
+
+def toy_config(**training) -> KFCPOConfig:
+    return (
+        KFCPOConfig()
+        .environment(ACTION_COST_ENV)
+        .env_runners(num_env_runners=0, rollout_fragment_length=200)
+        .training(train_batch_size=200, minibatch_size=100, num_epochs=2, cost_limit=5.0,
+                  **training)
+        .debugging(seed=0)
+    )
+
+
+def split(weights):
+    policy = {k: v for k, v in weights.items() if k.startswith(POLICY_KEYS)}
+    critics = {k: v for k, v in weights.items() if not k.startswith(POLICY_KEYS)}
+    return policy, critics
+
+
+def test_rollback_restores_policy_bit_for_bit_and_is_counted(ray_local):
+    algo = toy_config(target_kl=1e-12).build_algo()  # every step leaves the trust region
+    try:
+        policy0, critics0 = split(learner_weights(algo)[0])
+        result = algo.train()
+        policy1, critics1 = split(learner_weights(algo)[0])
+    finally:
+        algo.stop()
+    stats = result["learners"]["default_policy"]
+    assert stats["kl_rollbacks"] == 1  # the first step is undone, then the policy freezes
+    assert stats["policy_steps"] == 0
+    assert stats["minibatches_after_rollback"] >= 3  # every later minibatch: critics only
+    assert_same_weights(policy1, policy0)  # bit-for-bit
+    assert any(not np.array_equal(critics0[k], critics1[k]) for k in critics0)
+
+
+def test_steps_within_target_kl_are_kept(ray_local):
+    algo = toy_config(target_kl=10.0).build_algo()
+    try:
+        policy0, _ = split(learner_weights(algo)[0])
+        result = algo.train()
+        policy1, _ = split(learner_weights(algo)[0])
+    finally:
+        algo.stop()
+    stats = result["learners"]["default_policy"]
+    assert stats["kl_rollbacks"] == 0 and stats["policy_steps"] >= 4
+    assert any(not np.array_equal(policy0[k], policy1[k]) for k in policy0)
+    # The quadratic KL bound holds for every step taken.
+    assert 0 < stats["kl_quadratic_estimate"] <= 2e-3 * (1 + 1e-6)
+
+
+def fixed_episodes(n: int = 4, length: int = 50) -> list[SingleAgentEpisode]:
+    """Equal-length episodes, so two learners get equally sized shards."""
+    env = ActionCostEnv()
+    rng = np.random.default_rng(0)
+    episodes = []
+    for i in range(n):
+        obs, info = env.reset(seed=i)
+        observations, actions, rewards, infos = [obs], [], [], [info]
+        for _ in range(length):
+            action = rng.uniform(-1, 1, size=1).astype(np.float32)
+            obs, reward, term, trunc, info = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            infos.append(info)
+        episodes.append(SingleAgentEpisode(
+            observation_space=env.observation_space, action_space=env.action_space,
+            observations=observations, actions=actions, rewards=rewards, infos=infos,
+            truncated=True, len_lookback_buffer=0,
+            extra_model_outputs={
+                # Behaviour policy: mean 0, log-std -0.5 (the module's initial policy).
+                Columns.ACTION_DIST_INPUTS: [np.array([0.0, -0.5], np.float32)] * length,
+                Columns.ACTION_LOGP: [np.float32(-0.5 * (a[0] / np.exp(-0.5)) ** 2 + 0.5
+                                                 - 0.5 * np.log(2 * np.pi)) for a in actions],
+            },
+        ))
+    return episodes
+
+
+def update_once(num_learners: int, use_kfac: bool, weights=None):
+    config = (
+        toy_config(use_kfac=use_kfac)
+        .learners(num_learners=num_learners)
+        .training(train_batch_size=200, minibatch_size=200 // max(num_learners, 1),
+                  num_epochs=1, shuffle_batch_per_epoch=False)
+    )
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    group = config.build_learner_group(spaces=spaces)
+    if weights is not None:
+        group.set_weights(weights)
+    start = group.get_weights()
+    # One minibatch = a learner's whole shard, bootstrap rows included (4 episodes of 50
+    # steps + 1 bootstrap row each), so no real step is dropped by minibatch slicing.
+    group.update(episodes=fixed_episodes(), timesteps={"safe_episode_cost_mean": 20.0},
+                 num_epochs=1, minibatch_size=204 // max(num_learners, 1))
+    per_learner = results(group.foreach_learner(
+        lambda lr: {k: v.detach().cpu().numpy().copy() for k, v in
+                    lr.module["default_policy"].unwrapped().state_dict().items()}
+    )) if num_learners else [{k: v.detach().numpy().copy() for k, v in
+                              group._learner.module["default_policy"].state_dict().items()}]
+    group.shutdown()
+    return start, per_learner
+
+
+@pytest.mark.parametrize("use_kfac", [False, True])
+def test_one_learner_vs_two_learners(ray_local, use_kfac):
+    start, two = update_once(2, use_kfac)
+    assert_same_weights(two[0], two[1])  # identical steps on both learners
+    if use_kfac:
+        return  # Fisher sampling noise differs with the shard size (see docs/algorithm.md)
+    _, one = update_once(0, use_kfac, weights=start)
+    # Same data, same start: the same update up to float summation order.
+    assert_same_weights(one[0], two[0], atol=1e-5)
+
+
+def test_checkpoint_restores_kfac_state_and_continues_identically(tmp_path):
+    """A learner restored from a checkpoint takes exactly the step the original takes."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    config = toy_config().training(num_epochs=1, minibatch_size=100)
+    original = config.build_learner(spaces=spaces)
+    timesteps = {"safe_episode_cost_mean": 20.0}
+    original.update(episodes=fixed_episodes(), timesteps=timesteps, num_epochs=1,
+                    minibatch_size=100)
+    original.save_to_path(str(tmp_path))
+    restored = config.build_learner(spaces=spaces)
+    restored.restore_from_path(str(tmp_path))
+    saved = original.get_safe_state()["kfac"]["default_policy"]
+    loaded = restored.get_safe_state()["kfac"]["default_policy"]
+    assert saved.keys() == loaded.keys()
+    assert str(saved) == str(loaded)
+    for learner in (original, restored):
+        learner.update(episodes=fixed_episodes(), timesteps=timesteps, num_epochs=1,
+                       minibatch_size=100)
+    assert_same_weights(
+        {k: v.detach().numpy() for k, v in original.module["default_policy"].state_dict().items()},
+        {k: v.detach().numpy() for k, v in restored.module["default_policy"].state_dict().items()},
+    )
+
+
+def test_kfcpo_keeps_cost_under_the_limit_on_the_action_cost_env(ray_local):
+    """Cost 1[a > 0] per step, limit 10 of 50 steps: KFCPO must learn to respect it."""
+    config = (
+        KFCPOConfig()
+        .environment(ACTION_COST_ENV)
+        .env_runners(num_env_runners=1, rollout_fragment_length=500)
+        .training(train_batch_size=1000, minibatch_size=500, num_epochs=4, cost_limit=10.0)
+        .debugging(seed=1)
+    )
+    algo = config.build_algo()
+    try:
+        history = [algo.train()["env_runners"] for _ in range(12)]
+    finally:
+        algo.stop()
+    costs = [h["episode_cost_mean"] for h in history]
+    returns = [h["episode_return_mean"] for h in history]
+    assert costs[0] > 15  # a fresh policy pays ~25
+    assert np.mean(costs[-3:]) <= 10.0 * 1.2
+    assert np.mean(returns[-3:]) > -30  # far better than the trivially safe a = -1 (-50)
