@@ -11,6 +11,7 @@ Model config keys (``RLModuleSpec(model_config=...)`` or ``config.rl_module``):
 - ``fcnet_hiddens`` (default ``[64, 64]``): hidden layer widths of all three networks.
 - ``fcnet_activation`` (default ``"tanh"``): ``"tanh"``, ``"relu"`` or ``"elu"``.
 - ``log_std_init`` (default ``-0.5``): initial log standard deviation of the policy.
+- ``policy_output_gain`` (default ``0.01``): orthogonal-init gain of the mean head.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "fcnet_hiddens": [64, 64],
     "fcnet_activation": "tanh",
     "log_std_init": -0.5,
+    "policy_output_gain": 0.01,
 }
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
@@ -78,7 +80,8 @@ class SafeActorCriticTorchModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyA
         hidden = tuple(cfg["fcnet_hiddens"])
         obs_dim = int(np.prod(self.observation_space.shape))
         act_dim = int(np.prod(self.action_space.shape))
-        self.pi = build_mlp(obs_dim, hidden, act_dim, cfg["fcnet_activation"], out_gain=0.01)
+        self.pi = build_mlp(obs_dim, hidden, act_dim, cfg["fcnet_activation"],
+                            out_gain=float(cfg["policy_output_gain"]))
         self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg["log_std_init"])))
         if not self.inference_only:
             self.vf = build_mlp(obs_dim, hidden, 1, cfg["fcnet_activation"], out_gain=1.0)

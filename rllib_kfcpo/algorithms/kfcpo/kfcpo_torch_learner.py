@@ -124,6 +124,9 @@ class KFCPOTorchLearner(SafeTorchLearner):
 
         dist_cls = module.get_train_action_dist_cls()
         dist = dist_cls.from_logits(module.action_dist_inputs(obs))
+        behaviour = dist_cls.from_logits(batch[Columns.ACTION_DIST_INPUTS])
+        with torch.no_grad():
+            kl_before = float(masked_mean(behaviour.kl(dist), batch))
         ratio = torch.exp(dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP])
         reward_surrogate = masked_mean(ratio * batch[Postprocessing.ADVANTAGES], batch)
         cost_surrogate = masked_mean(ratio * batch[COST_ADVANTAGES], batch)
@@ -155,6 +158,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
             return critic_loss
 
         kl = self._step_with_rollback(module, params, direction, step, obs, batch, cfg)
+        info["kl_before"] = kl_before
         self._log_step(module_id, cfg, kfac, info, w_reward, w_cost, quad, step, kl,
                        kfac_seconds, dist, batch, reward_surrogate)
         return critic_loss - reward_surrogate.detach()
@@ -227,6 +231,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
             M.DIRECTION_QUAD: quad,
             M.STEP_SIZE: step,
             M.QUAD_KL: 0.5 * step**2 * quad,
+            M.KL_BEFORE_STEP: info["kl_before"],
             M.KL_AFTER_STEP: kl,
             M.KFAC_SECONDS: kfac_seconds,
             ENTROPY_KEY: float(masked_mean(dist.entropy(), batch)),

@@ -11,6 +11,7 @@ WEIGHT_COST = "weight_cost"  # w_c from the margin
 DIRECTION_QUAD = "direction_dFd"  # d^T F d of the blended direction
 STEP_SIZE = "step_size"  # a, the trust-region step size
 QUAD_KL = "kl_quadratic_estimate"  # 0.5 a^2 d^T F d, bounded by trust_region_kl
+KL_BEFORE_STEP = "kl_before_step"  # KL(behaviour || current) before the step
 KL_AFTER_STEP = "kl_after_step"  # real KL(behaviour || current) after the step
 ROLLBACKS = "kl_rollbacks"  # steps undone this iteration (sum)
 POLICY_STEPS = "policy_steps"  # steps kept this iteration (sum)
