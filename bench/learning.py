@@ -9,6 +9,9 @@ curves (PNG, one per env):
     .venv/bin/python bench/learning.py --ablations --envs SafetyPointGoal1-v0
     .venv/bin/python bench/learning.py --full               # OmniSafe protocol, a cluster
     .venv/bin/python bench/learning.py --smoke              # seconds, for the test suite
+
+Every variant gets the same envs, seeds, step budget, batch size and env runners; only
+the algorithm (and, for ablations, one KFCPO setting) differs.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
+
+#: The OmniSafe on-policy benchmark envs (docs/benchmarks.md), used by ``--full``.
+FULL_ENVS = (
+    "SafetyAntVelocity-v1", "SafetyHalfCheetahVelocity-v1", "SafetyHopperVelocity-v1",
+    "SafetyWalker2dVelocity-v1", "SafetyPointGoal1-v0", "SafetyCarGoal1-v0",
+)
 
 ABLATIONS = {
     "KFCPO-no-projection": {"projection": "none"},
@@ -29,6 +39,7 @@ ABLATIONS = {
 
 
 def variants(ablations: bool) -> dict[str, tuple[str, dict]]:
+    """Variant name -> (algorithm, config overrides)."""
     out = {"PPOLag": ("PPOLag", {}), "KFCPO": ("KFCPO", {})}
     if ablations:
         out.update({name: ("KFCPO", cfg) for name, cfg in ABLATIONS.items()})
@@ -36,6 +47,7 @@ def variants(ablations: bool) -> dict[str, tuple[str, dict]]:
 
 
 def summarise(trials: list[dict], limit: float) -> dict[str, float]:
+    """Final return/cost (mean of the last 3 iterations) as mean and std over seeds."""
     finals_r = [float(np.nanmean(t["return"][-3:])) for t in trials]
     finals_c = [float(np.nanmean(t["cost"][-3:])) for t in trials]
     return {
@@ -47,10 +59,15 @@ def summarise(trials: list[dict], limit: float) -> dict[str, float]:
 
 
 def main() -> None:
+    """Parses the arguments, trains every variant, prints and writes the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--envs", default="SafetyPointGoal1-v0,SafetyHalfCheetahVelocity-v1")
     parser.add_argument("--seeds", default="0,5,10")
     parser.add_argument("--steps", type=int, default=300_000)
+    parser.add_argument("--batch", type=int, default=10_000, help="train_batch_size")
+    parser.add_argument("--runners", type=int, default=2, help="num_env_runners")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="Ray logical CPUs (default: enough for every seed at once)")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--full", action="store_true",
                         help="OmniSafe protocol: 5 seeds, 1e7 steps, 20k steps/iteration")
@@ -58,17 +75,27 @@ def main() -> None:
     parser.add_argument("--out", default="bench_results/learning")
     args = parser.parse_args()
 
+    import ray
+
+    import rllib_kfcpo  # noqa: F401  (registers envs and algorithms)
     from rllib_kfcpo.cli.experiment import Experiment
     from rllib_kfcpo.cli.plot import collect, plot_learning_curves
     from rllib_kfcpo.cli.run import run_experiment
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    steps, batch, runners = args.steps, 10_000, 2
+    steps, batch, runners = args.steps, args.batch, args.runners
+    envs = args.envs.split(",")
     if args.full:
         seeds, steps, batch, runners = [0, 5, 10, 15, 20], 10_000_000, 20_000, 8
-    envs = args.envs.split(",")
+        envs = list(FULL_ENVS)
     if args.smoke:
         envs, seeds, steps, batch, runners = ["rllib_kfcpo/ActionCost-v0"], [0], 400, 200, 1
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        # Logical CPUs: each trial needs 1 + runners; without this a 2-core machine could
+        # never start a 2-runner trial. Oversubscribing only shares the cores.
+        ray.init(num_cpus=args.num_cpus or max(os.cpu_count() or 1,
+                                               (1 + runners) * len(seeds)),
+                 include_dashboard=False, log_to_driver=False)
     out = Path(args.out).resolve()
     table: dict[str, dict[str, dict]] = {}
     for env in envs:
@@ -86,7 +113,7 @@ def main() -> None:
                              stop={"num_env_steps_sampled_lifetime": steps})
             run_experiment(exp, storage_path=str(env_dir))
         groups = collect([env_dir])
-        limit = 5.0 if args.smoke else 25.0
+        limit = 5.0 if args.smoke else 25.0  # the cost_limit every variant trains with
         table[env] = {name: summarise(trials, limit) for name, trials in groups.items()}
         plot_learning_curves([env_dir], env_dir / "learning_curves.png")
     (out / "results.json").write_text(json.dumps(table, indent=2))
@@ -95,10 +122,11 @@ def main() -> None:
     for env, rows in table.items():
         base = rows.get("PPOLag", {}).get("return_mean", math.nan)
         for name, r in rows.items():
-            rel = r["return_mean"] / base if base and math.isfinite(base) and base > 0 else math.nan
+            rel = (r["return_mean"] / base if math.isfinite(base) and base > 0
+                   and r["return_mean"] > 0 else math.nan)
             print(f"{env:>30} | {name:>22} | {r['return_mean']:8.2f} +- {r['return_std']:5.2f} |"
                   f" {r['cost_mean']:6.2f} +- {r['cost_std']:5.2f} | {r['within_limit']:.2f}"
-                  f"  (x{rel:.2f} PPOLag)")
+                  + (f"  (return x{rel:.2f} PPOLag)" if math.isfinite(rel) else ""))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,67 @@
+"""The benchmark scripts run end to end in their tiny ``--smoke`` mode (real, subprocess).
+
+Each script is started as its own interpreter, exactly as a user would run it, and its
+output is checked for the lines the full run prints (ratio rows, results table), so the
+scripts cannot silently rot when the package changes. Numbers are not checked: on a
+shared machine they are noise at this size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOAT = r"-?\d+(?:\.\d+)?"
+
+
+def run_script(name: str, *args: str, timeout: float = 240) -> str:
+    """Runs ``bench/<name>`` with ``--smoke`` and returns its stdout (asserting rc 0)."""
+    env = {**os.environ, "RAY_DEDUP_LOGS": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)  # always a private local Ray instance
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / name), "--smoke", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    assert proc.returncode == 0, (
+        f"{name} --smoke failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+        f"{proc.stderr[-3000:]}"
+    )
+    return proc.stdout
+
+
+def test_update_cost_smoke_prints_ratio_row():
+    out = run_script("update_cost.py")
+    assert "KFCPO/PPOLag" in out
+    rows = re.findall(rf"^\s*16x16 \| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})%",
+                      out, flags=re.MULTILINE)
+    assert rows, out
+    t_ppo, t_kf, ratio, share = map(float, rows[0])
+    assert t_ppo > 0 and t_kf > 0 and ratio > 0
+    assert 0 <= share <= 100
+
+
+def test_sampling_smoke_prints_ratio_rows():
+    out = run_script("sampling.py")
+    rows = re.findall(
+        rf"^\s*SafetyHalfCheetahVelocity-v1 \| +(\d) \| +(\d) \| +({FLOAT}) \| +({FLOAT}) \|"
+        rf" +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})", out, flags=re.MULTILINE)
+    assert {(r[0], r[1]) for r in rows} == {("1", "1"), ("2", "1")}, out
+    for row in rows:
+        assert all(float(v) > 0 for v in row[2:]), row
+
+
+def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
+    out = run_script("learning.py", "--ablations", "--out", str(tmp_path))
+    for name in ("PPOLag", "KFCPO", "KFCPO-no-projection", "KFCPO-hard-switch",
+                 "KFCPO-no-rollback", "KFCPO-plain-gradient"):
+        assert re.search(rf"\| +{re.escape(name)} \| +{FLOAT} \+- +{FLOAT} \|", out), name
+    results = json.loads((tmp_path / "results.json").read_text())
+    (env_rows,) = results.values()
+    assert env_rows["KFCPO"]["seeds"] == 1
+    assert 0.0 <= env_rows["PPOLag"]["within_limit"] <= 1.0
+    assert list(tmp_path.rglob("learning_curves.png"))
