@@ -25,6 +25,16 @@ EXPERIMENT_KEYS = {"run", "env", "stop", "config", "checkpoint_freq", "checkpoin
                    "num_samples", "seeds"}
 #: Friendly spellings of config keys that RLlib stores under another name.
 CONFIG_ALIASES = {"model_config": "_model_config", "model": "_model_config"}
+#: ``rllib train --smoke``: tiny budgets that check a tuned example runs end to end in
+#: seconds (one local env runner, 200 env steps, one epoch), before a long run.
+SMOKE_CONFIG: dict[str, Any] = {
+    "train_batch_size": 200,
+    "minibatch_size": 100,
+    "num_epochs": 1,
+    "num_env_runners": 0,
+    "num_envs_per_env_runner": 1,
+}
+SMOKE_STOP: dict[str, Any] = {"training_iteration": 1}
 
 
 class ExperimentError(ValueError):
