@@ -15,15 +15,12 @@ def register() -> None:
     """Registers envs and algorithms with Ray Tune (idempotent; runs at import)."""
     from ray.tune import register_trainable
 
+    from rllib_kfcpo.envs import register_safety_envs
     from rllib_kfcpo.envs.toy import register_toy_envs
 
     register_trainable("KFCPO", KFCPO)
     register_trainable("PPOLag", PPOLag)
     register_toy_envs()
-    try:
-        from rllib_kfcpo.envs import register_safety_envs
-    except ImportError:
-        return
     register_safety_envs()
 
 

@@ -12,16 +12,10 @@ from rllib_kfcpo.safe.callbacks import read_step_cost
 
 
 def _known_env_ids() -> list[str]:
-    from ray.tune.registry import ENV_CREATOR, _global_registry
+    from rllib_kfcpo.envs import safety_task_ids
 
-    ids = set(gym.registry.keys())
-    try:
-        from rllib_kfcpo.envs import SAFETY_TASK_IDS
-
-        ids |= set(SAFETY_TASK_IDS)
-    except ImportError:  # pragma: no cover - package always ships envs
-        pass
-    return sorted(i for i in ids if _global_registry.contains(ENV_CREATOR, i) or i in ids)
+    ids = set(gym.registry.keys()) | set(safety_task_ids())
+    return sorted(ids)
 
 
 def make_env_from_config(config: Any) -> gym.Env:
@@ -46,7 +40,7 @@ def make_env_from_config(config: Any) -> gym.Env:
         raise ValueError(
             f"Unknown environment id {env_spec!r}.{hint} Use a Safety-Gymnasium task id "
             "(list them with `python -c \"import rllib_kfcpo.envs as e; "
-            "print(e.SAFETY_TASK_IDS)\"`) or register your own with "
+            "print(e.safety_task_ids())\"`) or register your own with "
             "ray.tune.register_env(name, creator)."
         )
     return env_spec(env_config)

@@ -1,0 +1,137 @@
+"""Safety-Gymnasium tasks as ordinary gymnasium envs, registered with Ray Tune.
+
+Importing :mod:`rllib_kfcpo` calls :func:`register_safety_envs`, after which every
+single-agent Safety-Gymnasium task id (``SafetyPointGoal1-v0``,
+``SafetyHalfCheetahVelocity-v1``, ...) can be passed to ``config.environment(...)``. The
+creator applies the compatibility fixes of :mod:`rllib_kfcpo.envs.compat` inside each Ray
+worker, builds the task from its registered entry point and wraps it in
+:class:`SafetyGymnasiumEnv`: the gymnasium 5-tuple with the cost in ``info["cost"]``, the
+task's time limit, and a check that observations, rewards and costs are finite.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rllib_kfcpo.envs.compat import applied_fixes, import_safety_gymnasium
+
+__all__ = [
+    "NonFiniteEnvOutputError",
+    "SafetyGymnasiumEnv",
+    "applied_fixes",
+    "import_safety_gymnasium",
+    "make_safety_env",
+    "register_safety_envs",
+    "safety_task_ids",
+]
+
+
+class NonFiniteEnvOutputError(ValueError):
+    """An env returned a NaN or infinite observation, reward or cost."""
+
+
+def check_finite(env_id: str, step: int, obs: Any, reward: float | None = None,
+                 cost: float | None = None) -> None:
+    """Raises :class:`NonFiniteEnvOutputError` naming the env, the step and the value."""
+    values = {"reward": reward, "cost": cost}
+    for name, value in values.items():
+        if value is not None and not np.isfinite(value):
+            raise NonFiniteEnvOutputError(
+                f"Env {env_id!r} returned a non-finite {name} ({value!r}) at step {step} of "
+                "the episode. It was stopped before reaching the networks; check the env's "
+                f"{name} function (or its physics: a diverged simulation gives NaN)."
+            )
+    flat = np.asarray(obs, dtype=np.float64) if not isinstance(obs, dict) else None
+    if flat is not None and not np.isfinite(flat).all():
+        where = np.flatnonzero(~np.isfinite(flat.reshape(-1)))[:5].tolist()
+        raise NonFiniteEnvOutputError(
+            f"Env {env_id!r} returned a non-finite observation at step {step} of the episode "
+            f"(entries {where}). It was stopped before reaching the networks; check the "
+            "env's physics or observation function."
+        )
+
+
+class SafetyGymnasiumEnv(gym.Wrapper):
+    """A Safety-Gymnasium task as a standard gymnasium env.
+
+    ``step`` returns ``(obs, reward, terminated, truncated, info)`` with the step's cost in
+    ``info["cost"]``; episodes are truncated after ``max_episode_steps``; non-finite
+    observations, rewards or costs raise :class:`NonFiniteEnvOutputError`.
+    """
+
+    def __init__(self, env: gym.Env, env_id: str, max_episode_steps: int | None) -> None:
+        super().__init__(env)
+        self.env_id = env_id
+        self.max_episode_steps = max_episode_steps
+        self._elapsed = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: D102
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._elapsed = 0
+        check_finite(self.env_id, 0, obs)
+        info = dict(info)
+        info.setdefault("cost", 0.0)
+        return obs, info
+
+    def step(self, action):  # noqa: D102
+        obs, reward, cost, terminated, truncated, info = self.env.step(action)
+        self._elapsed += 1
+        check_finite(self.env_id, self._elapsed, obs, float(reward), float(cost))
+        if self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps:
+            truncated = True
+        info = dict(info)
+        info["cost"] = float(cost)
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+
+@functools.cache
+def safety_task_ids() -> tuple[str, ...]:
+    """Every single-agent Safety-Gymnasium task id (keyboard ``Debug`` variants excluded)."""
+    safety_gymnasium = import_safety_gymnasium()
+    from safety_gymnasium.utils.registration import safe_registry
+
+    del safety_gymnasium
+    return tuple(sorted(i for i in safe_registry if "Debug" not in i))
+
+
+def make_safety_env(env_id: str, env_config: dict[str, Any] | None = None) -> gym.Env:
+    """Builds one Safety-Gymnasium task (works in any process, Ray workers included).
+
+    Args:
+        env_id: a task id such as ``"SafetyPointGoal1-v0"``.
+        env_config: keyword arguments of the task's constructor (e.g. ``render_mode``),
+            plus optionally ``max_episode_steps`` to override the task's time limit.
+    """
+    import_safety_gymnasium()
+    if env_id not in safety_task_ids():
+        raise ValueError(f"{env_id!r} is not a Safety-Gymnasium task id; see "
+                         "rllib_kfcpo.envs.safety_task_ids().")
+    kwargs = dict(env_config or {})
+    spec = gym.spec(env_id)
+    max_steps = kwargs.pop("max_episode_steps", spec.max_episode_steps)
+    creator = gym.envs.registration.load_env_creator(spec.entry_point)
+    env = creator(**{**spec.kwargs, **kwargs})
+    return SafetyGymnasiumEnv(env, env_id, max_steps)
+
+
+def _creator(env_id: str, env_config: Any) -> gym.Env:
+    # RLlib's EnvContext is a dict subclass with worker metadata: pass only the keys.
+    return make_safety_env(env_id, dict(env_config or {}))
+
+
+def register_safety_envs() -> None:
+    """Registers every task id of :func:`safety_task_ids` with Ray Tune (idempotent)."""
+    from ray.tune.registry import register_env
+
+    for env_id in safety_task_ids():
+        register_env(env_id, functools.partial(_creator, env_id))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SAFETY_TASK_IDS":
+        return list(safety_task_ids())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
