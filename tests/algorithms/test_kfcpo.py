@@ -154,7 +154,11 @@ def test_checkpoint_restores_kfac_state_and_continues_identically(tmp_path):
 
 
 def test_kfcpo_keeps_cost_under_the_limit_on_the_action_cost_env(ray_local):
-    """Cost 1[a > 0] per step, limit 10 of 50 steps: KFCPO must learn to respect it."""
+    """Cost 1[a > 0] per step, limit 10 of 50 steps: KFCPO must learn to respect it.
+
+    At the limit (P(a > 0) = 0.2) the best return is about 0.2 * 1 - 0.8 * 1 = -0.6 per
+    step, -30 per episode; the trivially safe policy a = -1 gets -50.
+    """
     config = (
         KFCPOConfig()
         .environment(ACTION_COST_ENV)
@@ -164,11 +168,11 @@ def test_kfcpo_keeps_cost_under_the_limit_on_the_action_cost_env(ray_local):
     )
     algo = config.build_algo()
     try:
-        history = [algo.train()["env_runners"] for _ in range(12)]
+        history = [algo.train()["env_runners"] for _ in range(20)]
     finally:
         algo.stop()
     costs = [h["episode_cost_mean"] for h in history]
     returns = [h["episode_return_mean"] for h in history]
     assert costs[0] > 15  # a fresh policy pays ~25
     assert np.mean(costs[-3:]) <= 10.0 * 1.2
-    assert np.mean(returns[-3:]) > -30  # far better than the trivially safe a = -1 (-50)
+    assert np.mean(returns[-3:]) > -40  # well above the trivially safe a = -1 (-50)

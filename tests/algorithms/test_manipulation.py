@@ -1,0 +1,138 @@
+"""KFCPO's direction manipulation (margin weights, projection, trust region) in isolation.
+
+The Fisher metric here is an explicit random SPD matrix, so every expected value is
+computed independently with dense linear algebra.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rllib_kfcpo.algorithms.kfcpo.manipulation import (
+    combine_directions,
+    cost_margin,
+    euclidean_inner,
+    margin_weights,
+    remove_conflict,
+    trust_region_step_size,
+)
+
+F64 = torch.float64
+
+
+def spd_metric(n: int, seed: int) -> tuple[torch.Tensor, callable]:
+    """A random SPD F and inner(u, v) = u^T F v over directions split into two tensors."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(n, n, generator=g, dtype=F64)
+    fisher = m @ m.T + 0.1 * torch.eye(n, dtype=F64)
+
+    def inner(u, v):
+        return torch.cat([t.reshape(-1) for t in u]) @ fisher @ torch.cat(
+            [t.reshape(-1) for t in v])
+
+    return fisher, inner
+
+
+def as_direction(x: torch.Tensor) -> list[torch.Tensor]:
+    return [x[:6].reshape(2, 3), x[6:]]
+
+
+def flat(d) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in d])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_projection_removes_exactly_the_conflicting_component(seed):
+    fisher, inner = spd_metric(8, seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    x, ref = torch.randn(8, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
+    if float(x @ fisher @ ref) >= 0:
+        ref = -ref  # make them conflict
+    projected = flat(remove_conflict(as_direction(x), as_direction(ref), inner))
+    # Brute force: x - (x^T F r / r^T F r) r.
+    expected = x - (x @ fisher @ ref) / (ref @ fisher @ ref) * ref
+    torch.testing.assert_close(projected, expected)
+    assert abs(float(projected @ fisher @ ref)) < 1e-9  # F-orthogonal after projection
+    # Only the component along ref changed.
+    residual = projected - x
+    assert torch.linalg.matrix_rank(torch.stack([residual, ref])) == 1
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_non_conflicting_directions_are_untouched(seed):
+    fisher, inner = spd_metric(8, seed)
+    g = torch.Generator().manual_seed(200 + seed)
+    x, ref = torch.randn(8, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
+    if float(x @ fisher @ ref) < 0:
+        ref = -ref
+    assert torch.equal(flat(remove_conflict(as_direction(x), as_direction(ref), inner)), x)
+    for projection in ("harmful", "both", "none"):
+        d, info = combine_directions(as_direction(x), as_direction(ref), 0.3, 0.7, inner,
+                                     projection=projection)
+        torch.testing.assert_close(flat(d), 0.3 * x + 0.7 * ref)
+        assert info["conflict"] == 0.0
+
+
+@pytest.mark.parametrize("w_cost", [0.2, 0.8])
+def test_harmful_projection_picks_the_direction_by_margin(w_cost):
+    fisher, inner = spd_metric(8, 3)
+    g = torch.Generator().manual_seed(7)
+    r, c = torch.randn(8, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
+    if float(r @ fisher @ c) >= 0:
+        c = -c
+    d, info = combine_directions(as_direction(r), as_direction(c), 1 - w_cost, w_cost, inner)
+    if w_cost >= 0.5:  # near/over the limit: the reward direction must not raise cost
+        r_p, c_p = r - (r @ fisher @ c) / (c @ fisher @ c) * c, c
+    else:  # well inside: the cost direction must not lower reward
+        r_p, c_p = r, c - (c @ fisher @ r) / (r @ fisher @ r) * r
+    torch.testing.assert_close(flat(d), (1 - w_cost) * r_p + w_cost * c_p)
+    assert info["conflict"] == 1.0
+    assert info["cos_before"] < 0 and info["cos_after"] >= -1e-9
+    both, _ = combine_directions(as_direction(r), as_direction(c), 0.5, 0.5, inner,
+                                 projection="both")
+    assert float(flat(both) @ fisher @ r) >= -1e-9 and float(flat(both) @ fisher @ c) >= -1e-9
+
+
+def test_margin_weights_are_continuous_monotone_and_sum_to_one():
+    margins = np.linspace(-3, 3, 6001)
+    w_cost = np.array([margin_weights(m, temperature=0.1, offset=0.1)[1] for m in margins])
+    w_reward = np.array([margin_weights(m, temperature=0.1, offset=0.1)[0] for m in margins])
+    np.testing.assert_allclose(w_cost + w_reward, 1.0)
+    assert np.all(np.diff(w_cost) <= 0)  # less cost weight as the margin grows
+    assert np.max(np.abs(np.diff(w_cost))) < 0.0026  # Lipschitz 1/(4T) * step = 0.0025
+    assert margin_weights(0.1, temperature=0.1, offset=0.1) == (0.5, 0.5)
+    assert margin_weights(-50.0)[1] == 1.0 and margin_weights(50.0)[1] == pytest.approx(0.0)
+    # The hard-switch ablation jumps at the offset.
+    assert margin_weights(0.09, schedule="hard")[1] == 1.0
+    assert margin_weights(0.11, schedule="hard")[1] == 0.0
+
+
+def test_cost_margin_is_relative_to_the_limit():
+    assert cost_margin(20.0, 25.0) == pytest.approx(0.2)
+    assert cost_margin(30.0, 25.0) == pytest.approx(-0.2)
+    assert cost_margin(0.5, 0.0) == pytest.approx(-0.5)  # limit 0 does not divide by 0
+
+
+@pytest.mark.parametrize("bad", [{"schedule": "linear"}, {"temperature": 0.0}])
+def test_margin_weights_reject_bad_settings(bad):
+    with pytest.raises(ValueError, match="invalid"):
+        margin_weights(0.0, **bad)
+
+
+def test_trust_region_step_bounds_the_quadratic_kl():
+    for quad in (1e-6, 0.01, 1.0, 1e4):
+        a = trust_region_step_size(quad, max_kl=2e-3, max_step=1.0)
+        assert 0.5 * a * a * quad <= 2e-3 * (1 + 1e-12)
+        assert a == pytest.approx(min(1.0, math.sqrt(2 * 2e-3 / quad)))
+    assert trust_region_step_size(0.0, max_kl=1e-3, max_step=1.0) == 0.0
+    assert trust_region_step_size(float("nan"), max_kl=1e-3, max_step=1.0) == 0.0
+
+
+def test_euclidean_inner_matches_dot():
+    x, y = torch.randn(8, dtype=F64), torch.randn(8, dtype=F64)
+    assert float(euclidean_inner(as_direction(x), as_direction(y))) == pytest.approx(
+        float(x @ y))
