@@ -41,17 +41,21 @@ def head(tmp_path_factory):
         text=True,
     )
     address = f"http://127.0.0.1:{dash}"
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline:
-        ok = subprocess.run([RAY, "job", "list", "--address", address], env=env,
+        # The job API answers before the head's job agent is registered ("No available
+        # agent to submit job"): wait until a trivial job really runs.
+        ok = subprocess.run([RAY, "job", "submit", "--address", address, "--",
+                             "python", "-c", "print('agent-ready')"], env=env,
                             capture_output=True, text=True)
-        if ok.returncode == 0:
+        if ok.returncode == 0 and "agent-ready" in ok.stdout:
             break
         if proc.poll() is not None:
             pytest.fail(f"ray start exited: {proc.stdout.read()}")
         time.sleep(2)
     else:
-        pytest.fail("the Ray head's job API did not come up within 120 s")
+        pytest.fail("the Ray head's job API did not run a job within 180 s: "
+                    f"{(ok.stdout + ok.stderr)[-2000:]}")
     yield {"address": address, "env": env, "home": home}
     os.killpg(proc.pid, signal.SIGTERM)
     try:
