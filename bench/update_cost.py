@@ -1,29 +1,51 @@
 """Update cost of K-FAC: one KFCPO learner update vs one PPO-Lagrangian (Adam) update.
 
-Same batch, same network, same minibatching, measured side by side in one run:
+Same batch, same network, same minibatching, measured side by side in one run (the two
+learners' repeats are interleaved, so load from other processes hits both alike):
 
     .venv/bin/python bench/update_cost.py            # 64x64 and 256x256, prints ratios
     .venv/bin/python bench/update_cost.py --smoke    # tiny, for the test suite
 
-The KFCPO figure includes its critic step and its share spent in factor capture,
-decomposition, preconditioning and direction manipulation (``kfac_seconds``).
+One "update" is ``Learner.update(episodes=...)``: the learner connector (GAE for reward
+and cost), then ``num_epochs`` passes over the minibatches. PPO-Lagrangian takes one Adam
+step of its joint loss per minibatch; KFCPO takes a critic Adam step and a natural-gradient
+policy step per minibatch (no KL rollback: ``target_kl`` is set out of reach so both do
+the same number of steps).
+
+The KFCPO breakdown is measured in the same run by timing its phases:
+
+- ``fisher``: the extra policy forward/backward of ``-mean log pi(a~|s)`` (factor capture);
+- ``factors``: batch factors ``A = a^T a / n``, ``G = g^T g / n`` and the running average;
+- ``eigh``: eigendecomposition of every factor (every minibatch);
+- ``precond``: ``F^-1 g`` for the reward and the cost gradient;
+
+``K-FAC share`` is their sum over the update's wall time. Torch runs with ``--threads``
+intra-op threads (default 1: on a shared 2-core machine more threads than free cores
+makes every matmul wait for the others and the timings meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rllib_kfcpo import KFCPOConfig, PPOLagConfig
 
+PHASES = ("fisher", "factors", "eigh", "precond")
+TIMESTEPS = {"safe_episode_cost_mean": 20.0}
 
-def episodes(obs_dim: int, act_dim: int, n_episodes: int, length: int, seed: int = 0):
+
+def episodes(obs_dim: int, act_dim: int, n_episodes: int, length: int,
+             seed: int = 0) -> tuple[list[SingleAgentEpisode], gym.Space, gym.Space]:
     """Random episodes with a consistent behaviour policy (mean 0, log-std -0.5)."""
     rng = np.random.default_rng(seed)
     obs_space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
@@ -48,47 +70,104 @@ def episodes(obs_dim: int, act_dim: int, n_episodes: int, length: int, seed: int
     return out, obs_space, act_space
 
 
-def time_update(config, eps, spaces, repeats: int, minibatch: int, epochs: int):
+class PhaseTimer:
+    """Times KFCPO's K-FAC phases of one learner (wraps its Fisher pass, reads the
+    preconditioner's own per-phase clocks)."""
+
+    def __init__(self, learner: Any) -> None:
+        self.kfac = learner.kfac["default_policy"]
+        self.fisher = 0.0
+        original = learner._update_curvature
+
+        @functools.wraps(original)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.fisher += time.perf_counter() - started
+
+        learner._update_curvature = timed
+
+    def snapshot(self) -> dict[str, float]:
+        """Cumulative seconds per phase so far."""
+        s = self.kfac.seconds
+        # The Fisher pass includes update_factors (capture_fold + eigh): subtract them.
+        return {"fisher": self.fisher - s["capture_fold"] - s["eigh"],
+                "factors": s["capture_fold"], "eigh": s["eigh"],
+                "precond": s["precondition"]}
+
+
+def build(config: Any, eps: list, spaces: dict, minibatch: int) -> Any:
+    """A local learner of ``config``, warmed up with one single-epoch update."""
     learner = config.build_learner(spaces=spaces)
-    ts = {"safe_episode_cost_mean": 20.0}
-    learner.update(episodes=eps, timesteps=ts, num_epochs=1, minibatch_size=minibatch)  # warm
-    times, kfac_share = [], []
+    learner.update(episodes=eps, timesteps=TIMESTEPS, num_epochs=1, minibatch_size=minibatch)
+    return learner
+
+
+def timed_update(learner: Any, eps: list, minibatch: int, epochs: int) -> float:
+    """Wall seconds of one ``learner.update`` of ``epochs`` passes."""
+    started = time.perf_counter()
+    learner.update(episodes=eps, timesteps=TIMESTEPS, num_epochs=epochs,
+                   minibatch_size=minibatch)
+    return time.perf_counter() - started
+
+
+def compare(hidden: list[int], eps: list, spaces: dict, n_steps: int, minibatch: int,
+            epochs: int, repeats: int) -> dict[str, Any]:
+    """Interleaved repeats of a PPOLag and a KFCPO update; medians and the K-FAC shares."""
+    model = {"fcnet_hiddens": hidden}
+    common = dict(train_batch_size=n_steps, minibatch_size=minibatch, num_epochs=epochs)
+    ppo = build(PPOLagConfig().training(**common).rl_module(model_config=model),
+                eps, spaces, minibatch)
+    kfcpo = build(KFCPOConfig().training(target_kl=1e9, **common)
+                  .rl_module(model_config=model), eps, spaces, minibatch)
+    timer = PhaseTimer(kfcpo)
+    t_ppo, t_kf, shares = [], [], {p: [] for p in PHASES}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = learner.update(episodes=eps, timesteps=ts, num_epochs=epochs,
-                                minibatch_size=minibatch)
-        elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        stats = result["default_policy"]
-        if "kfac_seconds" in stats:
-            steps = stats["policy_steps"] + stats["kl_rollbacks"]
-            kfac_share.append(float(stats["kfac_seconds"]) * float(steps) / elapsed)
-    return statistics.median(times), (statistics.median(kfac_share) if kfac_share else None)
+        t_ppo.append(timed_update(ppo, eps, minibatch, epochs))
+        before = timer.snapshot()
+        elapsed = timed_update(kfcpo, eps, minibatch, epochs)
+        after = timer.snapshot()
+        t_kf.append(elapsed)
+        for phase in PHASES:
+            shares[phase].append((after[phase] - before[phase]) / elapsed)
+    out = {"ppo": statistics.median(t_ppo), "kfcpo": statistics.median(t_kf),
+           "ratio": statistics.median(k / p for k, p in zip(t_kf, t_ppo, strict=True))}
+    out.update({p: statistics.median(v) for p, v in shares.items()})
+    out["kfac"] = sum(out[p] for p in PHASES)
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Parses the arguments and prints one row per network size."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--sizes", default="64x64,256x256")
     args = parser.parse_args()
-    sizes = [[16, 16]] if args.smoke else [[64, 64], [256, 256]]
+    torch.set_num_threads(args.threads)
+    sizes = ([[16, 16]] if args.smoke else
+             [[int(w) for w in s.split("x")] for s in args.sizes.split(",")])
     n_eps, length, minibatch, epochs, repeats = (2, 50, 50, 1, 1) if args.smoke else (
-        8, 1000, 2000, 2, 3)
+        8, 1000, 2000, 2, 5)
+    repeats = args.repeats or repeats
     eps, obs_space, act_space = episodes(60, 2, n_eps, length)  # PointGoal1-like dims
     spaces = {"default_policy": (obs_space, act_space)}
     print(f"batch {n_eps * length} steps, minibatch {minibatch}, {epochs} epoch(s), "
-          f"obs 60, act 2, median of {repeats}")
+          f"obs 60, act 2, torch threads {torch.get_num_threads()}, median of {repeats} "
+          "interleaved repeats", flush=True)
     print(f"{'network':>10} | {'PPOLag s':>9} | {'KFCPO s':>9} | {'KFCPO/PPOLag':>12} | "
-          f"{'K-FAC share':>11}")
+          f"{'K-FAC share':>11} | {'fisher':>6} | {'factors':>7} | {'eigh':>6} | "
+          f"{'precond':>7}")
     for hidden in sizes:
-        model = {"fcnet_hiddens": hidden}
-        common = dict(train_batch_size=n_eps * length, minibatch_size=minibatch,
-                      num_epochs=epochs)
-        ppo = PPOLagConfig().training(**common).rl_module(model_config=model)
-        kfcpo = KFCPOConfig().training(target_kl=1e9, **common).rl_module(model_config=model)
-        t_ppo, _ = time_update(ppo, eps, spaces, repeats, minibatch, epochs)
-        t_kf, share = time_update(kfcpo, eps, spaces, repeats, minibatch, epochs)
-        print(f"{'x'.join(map(str, hidden)):>10} | {t_ppo:9.3f} | {t_kf:9.3f} | "
-              f"{t_kf / t_ppo:12.2f} | {share:11.1%}")
+        r = compare(hidden, eps, spaces, n_eps * length, minibatch, epochs, repeats)
+        print(f"{'x'.join(map(str, hidden)):>10} | {r['ppo']:9.3f} | {r['kfcpo']:9.3f} | "
+              f"{r['ratio']:12.2f} | {r['kfac']:11.1%} | {r['fisher']:6.1%} | "
+              f"{r['factors']:7.1%} | {r['eigh']:6.1%} | {r['precond']:7.1%}", flush=True)
+    print("target: KFCPO/PPOLag <= 1.15")
 
 
 if __name__ == "__main__":
