@@ -234,7 +234,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
             M.KL_BEFORE_STEP: info["kl_before"],
             M.KL_AFTER_STEP: kl,
             M.KFAC_SECONDS: kfac_seconds,
-            ENTROPY_KEY: float(masked_mean(dist.entropy(), batch)),
+            ENTROPY_KEY: float(masked_mean(dist.entropy(), batch).detach()),
             POLICY_LOSS_KEY: -float(reward_surrogate),
         }
         for key, value in values.items():
