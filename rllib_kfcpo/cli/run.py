@@ -44,11 +44,18 @@ def progress_line(result: dict[str, Any], cost_limit: float, label: str = "") ->
 
 
 class ProgressPrinter(tune.Callback):
-    """Tune callback: one readable line per trial iteration instead of result tables."""
+    """Tune callback: one readable line per trial iteration instead of result tables.
+
+    Lines start with ``[trial id]`` when the experiment has several trials (or always,
+    with ``label=True``, e.g. for searches whose trials are created one by one).
+    """
+
+    def __init__(self, label: bool = False) -> None:
+        self.label = label
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: D102
         limit = float(trial.config.get("cost_limit", math.nan))
-        label = f"[{trial.trial_id}] " if len(trials) > 1 else ""
+        label = f"[{trial.trial_id}] " if self.label or len(trials) > 1 else ""
         print(progress_line(result, limit, label), flush=True)
 
 
@@ -67,6 +74,13 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
     freq = exp.checkpoint_freq if checkpoint_freq is None else checkpoint_freq
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    from rllib_kfcpo.cli.experiment import ExperimentError
+    from rllib_kfcpo.safe.algorithm import ClusterResourceError, check_cluster_resources
+
+    try:  # before Tune queues a trial that could never start
+        check_cluster_resources(config, include_main_process=True)
+    except ClusterResourceError as err:
+        raise ExperimentError(f"[{exp.name}] {err}") from err
     started = time.time()
     print(f"== {exp.name}: {exp.run} on {exp.env}, cost limit {config.cost_limit:g}, "
           f"stop {stop}, results in {storage}/{exp.name}", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
 from rllib_kfcpo.safe.columns import EPISODE_COST_MAX, EPISODE_COST_MEAN, EPISODE_COST_MIN
@@ -20,6 +21,40 @@ _RUNNING_COST = "rllib_kfcpo_episode_cost"
 
 class MissingCostError(ValueError):
     """The env did not put the per-step cost into ``info["cost"]``."""
+
+
+class NonFiniteEnvDataError(ValueError):
+    """An env returned a NaN or infinite reward, observation or cost."""
+
+
+def check_finite_step(obs: Any, reward: Any, *, where: str = "", step: int | None = None
+                      ) -> None:
+    """Raise :class:`NonFiniteEnvDataError` naming the env and step if reward/obs is not finite.
+
+    Dict/tuple observations are checked leaf by leaf; non-numeric leaves are skipped.
+    """
+    at = f" at step {step} of the episode" if step is not None else ""
+    if reward is not None and not math.isfinite(float(reward)):
+        raise NonFiniteEnvDataError(
+            f"The environment{where} returned a non-finite reward ({float(reward)!r}){at}. "
+            "It was stopped before reaching the learners; check the env's reward function."
+        )
+    leaves = list(obs.values()) if isinstance(obs, dict) else (
+        list(obs) if isinstance(obs, tuple) else [obs])
+    for leaf in leaves:
+        if isinstance(leaf, (dict, tuple)):
+            check_finite_step(leaf, None, where=where, step=step)
+            continue
+        array = np.asarray(leaf)
+        if array.dtype.kind not in "fc":
+            continue
+        if not np.isfinite(array).all():
+            bad = np.flatnonzero(~np.isfinite(array.reshape(-1)))[:5].tolist()
+            raise NonFiniteEnvDataError(
+                f"The environment{where} returned a non-finite observation{at} (entries "
+                f"{bad}). It was stopped before reaching the networks; check the env's "
+                "observation function (or its physics: a diverged simulation gives NaN)."
+            )
 
 
 def read_step_cost(info: Any, *, where: str = "") -> float:
@@ -34,7 +69,7 @@ def read_step_cost(info: Any, *, where: str = "") -> float:
         )
     cost = float(info["cost"])
     if not math.isfinite(cost):
-        raise ValueError(
+        raise NonFiniteEnvDataError(
             f"The environment{where} returned a non-finite cost {cost!r} in info['cost']. "
             "Costs must be finite numbers; check the env's cost function."
         )
@@ -50,7 +85,12 @@ def _window(env_runner: Any) -> int:
 
 
 class SafeMetricsCallback(RLlibCallback):
-    """Accumulates ``info["cost"]`` per episode and logs ``episode_cost_mean``."""
+    """Accumulates ``info["cost"]`` per episode and logs ``episode_cost_mean``.
+
+    Every step is also checked: a missing or non-finite cost, reward or observation stops
+    sampling with one error naming the env and the step (also for custom envs that do not
+    go through :class:`rllib_kfcpo.envs.SafetyGymnasiumEnv`).
+    """
 
     def on_episode_start(self, *, episode, **kwargs) -> None:  # noqa: D102
         episode.custom_data[_RUNNING_COST] = 0.0
@@ -59,7 +99,10 @@ class SafeMetricsCallback(RLlibCallback):
         where = ""
         if env_runner is not None:
             where = f" {env_runner.config.env!r}"
-        cost = read_step_cost(episode.get_infos(-1), where=where)
+        step = int(getattr(episode, "t", len(episode)))
+        cost = read_step_cost(episode.get_infos(-1), where=f"{where} at step {step}")
+        check_finite_step(episode.get_observations(-1), episode.get_rewards(-1), where=where,
+                          step=step)
         episode.custom_data[_RUNNING_COST] = episode.custom_data.get(_RUNNING_COST, 0.0) + cost
 
     def on_episode_end(  # noqa: D102

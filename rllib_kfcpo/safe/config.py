@@ -16,8 +16,8 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.connectors.env_to_module import MeanStdFilter
 from ray.rllib.connectors.learner import BatchIndividualItems
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-from ray.rllib.utils.annotations import override
 from ray.rllib.utils import force_list
+from ray.rllib.utils.annotations import override
 
 from rllib_kfcpo.modules.safe_actor_critic import SafeActorCriticTorchModule
 from rllib_kfcpo.safe.callbacks import SafeMetricsCallback
@@ -105,12 +105,24 @@ class SafeAlgorithmConfig(PPOConfig):
 
     @override(PPOConfig)
     def validate(self) -> None:
+        # Our checks run before RLlib's, so bad values get one message naming the key, the
+        # value and what is allowed (RLlib's own checks can loop or fail obscurely on them).
+        self._validate_safe_settings()
         super().validate()
         if self.framework_str != "torch":
             self._value_error(
                 f"framework={self.framework_str!r}: rllib_kfcpo supports only torch. "
                 "Remove the framework setting or set config.framework('torch')."
             )
+        # The episode-cost metric is what every constraint rule reads: keep our callback
+        # in the list whatever callbacks the user configured.
+        callbacks = force_list(self.callbacks_class)
+        if not any(isinstance(c, type) and issubclass(c, SafeMetricsCallback)
+                   for c in callbacks):
+            self.callbacks_class = [SafeMetricsCallback, *callbacks]
+
+    def _validate_safe_settings(self) -> None:
+        """Cost, batch-size and resource-count settings (one clear error per bad key)."""
         checks = [
             ("cost_limit", self.cost_limit, lambda v: math.isfinite(v) and v >= 0,
              "a finite number >= 0 (OmniSafe's benchmarks use 25)"),
@@ -120,19 +132,53 @@ class SafeAlgorithmConfig(PPOConfig):
              lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
         ]
         for name, value, ok, allowed in checks:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+            if not _is_number(value) or not ok(value):
                 self._value_error(
                     f"training({name}={value!r}) is invalid: {name} must be {allowed}."
                 )
-        for name in ("minibatch_size", "train_batch_size_per_learner", "num_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+        counts = [("learners", "num_learners", self.num_learners),
+                  ("env_runners", "num_env_runners", self.num_env_runners),
+                  ("env_runners", "num_envs_per_env_runner", self.num_envs_per_env_runner),
+                  ("learners", "num_gpus_per_learner", self.num_gpus_per_learner)]
+        for method, name, value in counts:
+            minimum = 1 if name == "num_envs_per_env_runner" else 0
+            if not _is_number(value) or not math.isfinite(value) or value < minimum:
                 self._value_error(
-                    f"{name}={value!r} is invalid: it must be a positive integer."
+                    f"{method}({name}={value!r}) is invalid: {name} must be a number "
+                    f">= {minimum}."
                 )
-        # The episode-cost metric is what every constraint rule reads: keep our callback
-        # in the list whatever callbacks the user configured.
-        callbacks = force_list(self.callbacks_class)
-        if not any(isinstance(c, type) and issubclass(c, SafeMetricsCallback)
-                   for c in callbacks):
-            self.callbacks_class = [SafeMetricsCallback, *callbacks]
+
+        sizes = [("train_batch_size", self.train_batch_size),
+                 ("minibatch_size", self.minibatch_size),
+                 ("num_epochs", self.num_epochs)]
+        if self._train_batch_size_per_learner is not None:
+            sizes.append(("train_batch_size_per_learner", self._train_batch_size_per_learner))
+        for name, value in sizes:
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                self._value_error(
+                    f"training({name}={value!r}) is invalid: {name} must be a positive "
+                    "integer."
+                )
+        tbs = self.train_batch_size_per_learner
+        if isinstance(tbs, int) and isinstance(self.minibatch_size, int) \
+                and self.minibatch_size > tbs:
+            self._value_error(
+                f"training(minibatch_size={self.minibatch_size}) is invalid: it is larger "
+                f"than the per-learner train batch ({tbs} = train_batch_size "
+                f"{self.train_batch_size} / num_learners {max(self.num_learners, 1)}). Make "
+                f"minibatch_size at most {tbs} or raise train_batch_size."
+            )
+        if self.rollout_fragment_length != "auto" and not (
+            isinstance(self.rollout_fragment_length, int)
+            and not isinstance(self.rollout_fragment_length, bool)
+            and self.rollout_fragment_length > 0
+        ):
+            self._value_error(
+                f"env_runners(rollout_fragment_length={self.rollout_fragment_length!r}) is "
+                "invalid: it must be 'auto' or a positive integer."
+            )
+
+
+def _is_number(value: Any) -> bool:
+    """A real int or float (not a bool, not a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -28,6 +28,31 @@ from rllib_kfcpo.safe.connectors import SafeGeneralAdvantageEstimation
 
 #: Learner-state component holding algorithm state beyond module/optimizer/metrics.
 COMPONENT_SAFE_STATE = "safe_state"
+#: Version of the ``safe_state`` layout; bump it when it changes incompatibly.
+SAFE_STATE_FORMAT_VERSION = 1
+
+
+class LearnerStateMismatchError(ValueError):
+    """Learner state written by another algorithm's learner or another format version."""
+
+
+def check_safe_state(state: dict[str, Any], learner_class: str) -> None:
+    """Raises :class:`LearnerStateMismatchError` unless ``state`` fits ``learner_class``."""
+    written_by = state.get("learner_class")
+    version = state.get("format_version")
+    if written_by != learner_class:
+        raise LearnerStateMismatchError(
+            f"The learner state was written by {written_by or 'an unknown learner'}, not "
+            f"{learner_class}: restoring it would mix another algorithm's optimizer and "
+            "constraint state into this one. Restore the checkpoint with the algorithm that "
+            "wrote it, or start from scratch."
+        )
+    if version != SAFE_STATE_FORMAT_VERSION:
+        raise LearnerStateMismatchError(
+            f"The learner state of {learner_class} has format version {version!r}; this "
+            f"rllib_kfcpo reads version {SAFE_STATE_FORMAT_VERSION}. Restore it with the "
+            "rllib_kfcpo release that wrote it."
+        )
 
 
 def masked_mean(x: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
@@ -75,7 +100,9 @@ class SafeTorchLearner(PPOTorchLearner):
     # --- Extra state -------------------------------------------------------------------
     def get_safe_state(self) -> dict[str, Any]:
         """Algorithm state that must survive a checkpoint (override and extend)."""
-        return {"episode_cost": self.episode_cost}
+        return {"episode_cost": self.episode_cost,
+                "learner_class": type(self).__name__,
+                "format_version": SAFE_STATE_FORMAT_VERSION}
 
     def set_safe_state(self, state: dict[str, Any]) -> None:
         """Restores what :meth:`get_safe_state` returned (override and extend)."""
@@ -90,6 +117,9 @@ class SafeTorchLearner(PPOTorchLearner):
 
     @override(Learner)
     def set_state(self, state: dict[str, Any]) -> None:
+        # Check before anything is loaded, so a refused state leaves this learner untouched.
+        if COMPONENT_SAFE_STATE in state:
+            check_safe_state(state[COMPONENT_SAFE_STATE], type(self).__name__)
         super().set_state(state)
         if COMPONENT_SAFE_STATE in state:
             self.set_safe_state(state[COMPONENT_SAFE_STATE])

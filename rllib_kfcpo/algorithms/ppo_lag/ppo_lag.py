@@ -61,17 +61,25 @@ class PPOLagConfig(SafeAlgorithmConfig):
     @override(SafeAlgorithmConfig)
     def validate(self) -> None:
         super().validate()
-        if not (self.lagrangian_multiplier_init >= 0
-                and math.isfinite(self.lagrangian_multiplier_init)):
+        rules = [
+            ("lagrangian_multiplier_init", lambda v: math.isfinite(v) and v >= 0,
+             "a finite number >= 0"),
+            ("lagrangian_multiplier_lr", lambda v: math.isfinite(v) and v > 0,
+             "a finite number > 0"),
+            ("lagrangian_upper_bound", lambda v: not math.isnan(v) and v > 0,
+             "a number > 0 (math.inf for no bound)"),
+        ]
+        for name, ok, allowed in rules:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+                self._value_error(
+                    f"training({name}={value!r}) is invalid: it must be {allowed}."
+                )
+        if self.lagrangian_multiplier_init > self.lagrangian_upper_bound:
             self._value_error(
                 f"training(lagrangian_multiplier_init={self.lagrangian_multiplier_init!r}) "
-                "is invalid: it must be a finite number >= 0."
-            )
-        if not (self.lagrangian_multiplier_lr > 0
-                and math.isfinite(self.lagrangian_multiplier_lr)):
-            self._value_error(
-                f"training(lagrangian_multiplier_lr={self.lagrangian_multiplier_lr!r}) "
-                "is invalid: it must be a finite number > 0."
+                f"is invalid: it is above lagrangian_upper_bound="
+                f"{self.lagrangian_upper_bound!r}; lower it or raise the bound."
             )
 
 
