@@ -1,27 +1,34 @@
 """Sampling efficiency: RLlib env runners vs the raw single-process env step rate.
 
-For each env, measures in one run: the raw rate of one process stepping the env with
-random actions (resets included), then the rate of `R` env runners with `V` vectorised
-envs each (sampling only, the runners' `sample()` in parallel), and the rate of whole
-KFCPO training iterations, and prints ratios to ``R x raw``:
+For each env and each layout (``R`` env runners x ``V`` vectorised envs per runner),
+measures in one run: the raw rate of one process stepping the env with random actions
+(resets included, measured right before the layout so that load from other processes hits
+both alike), then the rate of the env runners (sampling only: every runner's ``sample()``
+in parallel) and the rate of whole KFCPO training iterations (sampling + learner update +
+weight sync), and prints both as ratios to ``R x raw``:
 
     .venv/bin/python bench/sampling.py                       # PointGoal1 + HalfCheetah
+    .venv/bin/python bench/sampling.py --layouts 1x1,1x4,2x4 --envs SafetyPointGoal1-v0
     .venv/bin/python bench/sampling.py --smoke               # tiny, for the test suite
+
+``R x raw`` is only a ceiling when the machine has at least ``R`` free cores: the script
+prints ``nproc`` and the load average so the reader can tell.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import ray
 
 
-def raw_rate(env_id: str, steps: int, seed: int = 0) -> float:
+def raw_rate(env_id: str, steps: int, env_config: dict, seed: int = 0) -> float:
     """Env steps per second of one process, random actions, resets included."""
     from rllib_kfcpo.envs import make_safety_env
 
-    env = make_safety_env(env_id)
+    env = make_safety_env(env_id, env_config)
     env.reset(seed=seed)
     env.action_space.seed(seed)
     start = time.perf_counter()
@@ -35,13 +42,13 @@ def raw_rate(env_id: str, steps: int, seed: int = 0) -> float:
 
 
 def sampler_rates(env_id: str, runners: int, envs_per_runner: int, steps: int,
-                  iterations: int) -> tuple[float, float]:
+                  iterations: int, env_config: dict) -> tuple[float, float]:
     """(sampling-only steps/s, whole-iteration steps/s) of a KFCPO algorithm."""
     from rllib_kfcpo import KFCPOConfig
 
     config = (
         KFCPOConfig()
-        .environment(env_id)
+        .environment(env_id, env_config=env_config)
         .env_runners(num_env_runners=runners, num_envs_per_env_runner=envs_per_runner,
                      rollout_fragment_length="auto")
         .training(train_batch_size=steps, minibatch_size=min(2000, steps), num_epochs=1)
@@ -66,25 +73,47 @@ def sampler_rates(env_id: str, runners: int, envs_per_runner: int, steps: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    """Parses the arguments and prints one row per (env, layout)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--envs", default="SafetyPointGoal1-v0,SafetyHalfCheetahVelocity-v1")
+    parser.add_argument("--layouts", default="1x1,1x2,1x4,1x8,2x1,2x4",
+                        help="comma-separated RxV: env runners x envs per runner")
+    parser.add_argument("--steps", type=int, default=8000,
+                        help="steps per sampling measurement and per training iteration")
+    parser.add_argument("--reuse-compiled-model", choices=("off", "on", "both"), default="both",
+                        help="navigation envs' fast reset (rllib_kfcpo.envs.fast_reset): "
+                             "measure without it, with it, or both (default)")
     args = parser.parse_args()
     import rllib_kfcpo  # noqa: F401
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     envs = ["SafetyHalfCheetahVelocity-v1"] if args.smoke else args.envs.split(",")
-    raw_steps, steps, iterations = (500, 400, 1) if args.smoke else (6000, 8000, 2)
-    layouts = [(1, 1), (2, 1)] if args.smoke else [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2)]
-    print(f"{'env':>30} | {'R':>2} | {'V':>2} | {'raw/s':>8} | {'sample/s':>9} | "
-          f"{'ratio':>6} | {'iter/s':>8} | {'ratio':>6}")
+    raw_steps, steps, iterations = (500, 400, 1) if args.smoke else (6000, args.steps, 2)
+    layouts = [(1, 1), (2, 1)] if args.smoke else [
+        tuple(int(x) for x in layout.split("x")) for layout in args.layouts.split(",")]
+    print(f"nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start; "
+          f"{steps} steps per measurement, {iterations} training iteration(s)", flush=True)
+    print(f"{'env':>30} | {'reuse':>5} | {'R':>2} | {'V':>2} | {'raw/s':>8} | "
+          f"{'sample/s':>9} | {'ratio':>6} | {'iter/s':>8} | {'ratio':>6}", flush=True)
+    reuse_modes = {"off": [False], "on": [True], "both": [False, True]}[
+        args.reuse_compiled_model]
     for env_id in envs:
-        raw = raw_rate(env_id, raw_steps)
-        for runners, vec in layouts:
-            sampling, whole = sampler_rates(env_id, runners, vec, steps, iterations)
-            print(f"{env_id:>30} | {runners:>2} | {vec:>2} | {raw:8.0f} | {sampling:9.0f} | "
-                  f"{sampling / (runners * raw):6.2f} | {whole:8.0f} | "
-                  f"{whole / (runners * raw):6.2f}", flush=True)
+        # Only navigation tasks rebuild their model on reset; velocity tasks: one row each.
+        modes = reuse_modes if "Velocity" not in env_id else [False]
+        for reuse in modes:
+            env_config = {"reuse_compiled_model": True} if reuse else {}
+            for runners, vec in layouts:
+                raw = raw_rate(env_id, raw_steps, env_config)
+                sampling, whole = sampler_rates(env_id, runners, vec, steps, iterations,
+                                                env_config)
+                print(f"{env_id:>30} | {'on' if reuse else 'off':>5} | {runners:>2} | "
+                      f"{vec:>2} | {raw:8.0f} | {sampling:9.0f} | "
+                      f"{sampling / (runners * raw):6.2f} | {whole:8.0f} | "
+                      f"{whole / (runners * raw):6.2f}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at end; target: sample/s >= 0.80 x "
+          "(R x raw)")
     ray.shutdown()
 
 

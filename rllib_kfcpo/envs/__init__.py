@@ -17,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from rllib_kfcpo.envs import fast_reset
 from rllib_kfcpo.envs.compat import applied_fixes, import_safety_gymnasium
 
 __all__ = [
@@ -63,14 +64,21 @@ class SafetyGymnasiumEnv(gym.Wrapper):
     observations, rewards or costs raise :class:`NonFiniteEnvOutputError`.
     """
 
-    def __init__(self, env: gym.Env, env_id: str, max_episode_steps: int | None) -> None:
+    def __init__(self, env: gym.Env, env_id: str, max_episode_steps: int | None,
+                 reuse_compiled_model: bool = False) -> None:
         super().__init__(env)
         self.env_id = env_id
         self.max_episode_steps = max_episode_steps
+        self.reuse_compiled_model = reuse_compiled_model
         self._elapsed = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: D102
         obs, info = self.env.reset(seed=seed, options=options)
+        if self.reuse_compiled_model:
+            # The world exists after the first reset; later rebuilds graft (fast_reset).
+            world = getattr(getattr(self.env.unwrapped, "task", None), "world", None)
+            if world is not None:
+                setattr(world, fast_reset.REUSE_ATTRIBUTE, True)
         self._elapsed = 0
         check_finite(self.env_id, 0, obs)
         info = dict(info)
@@ -104,7 +112,12 @@ def make_safety_env(env_id: str, env_config: dict[str, Any] | None = None) -> gy
     Args:
         env_id: a task id such as ``"SafetyPointGoal1-v0"``.
         env_config: keyword arguments of the task's constructor (e.g. ``render_mode``),
-            plus optionally ``max_episode_steps`` to override the task's time limit.
+            plus optionally ``max_episode_steps`` to override the task's time limit, and
+            ``reuse_compiled_model`` (default False): navigation tasks keep their compiled
+            MuJoCo model across resets instead of recompiling it (with its 191 MB
+            skybox) for every new layout; layouts, physics and observations are unchanged
+            (see :mod:`rllib_kfcpo.envs.fast_reset`), a reset costs milliseconds instead
+            of ~0.25 s.
     """
     import_safety_gymnasium()
     if env_id not in safety_task_ids():
@@ -113,9 +126,10 @@ def make_safety_env(env_id: str, env_config: dict[str, Any] | None = None) -> gy
     kwargs = dict(env_config or {})
     spec = gym.spec(env_id)
     max_steps = kwargs.pop("max_episode_steps", spec.max_episode_steps)
+    reuse = bool(kwargs.pop("reuse_compiled_model", False))
     creator = gym.envs.registration.load_env_creator(spec.entry_point)
     env = creator(**{**spec.kwargs, **kwargs})
-    return SafetyGymnasiumEnv(env, env_id, max_steps)
+    return SafetyGymnasiumEnv(env, env_id, max_steps, reuse_compiled_model=reuse)
 
 
 def _creator(env_id: str, env_config: Any) -> gym.Env:
