@@ -1,12 +1,18 @@
-"""The ``rllib`` command: ``rllib train``, ``rllib evaluate``, ``rllib plot``.
+"""The ``rllib`` command: ``rllib train``, ``rllib tune``, ``rllib evaluate``, ``rllib plot``.
 
 Ray 2.60 ships no ``rllib`` command; this one accepts RLlib's classic tuned-example
 YAML (``rllib train file <yaml>``) and command-line experiments::
 
     rllib train file tuned_examples/kfcpo/safety-point-goal1.yaml --stop '{"training_iteration": 3}'
+    rllib train file tuned_examples/kfcpo/safety-point-goal1.yaml --smoke   # seconds
     rllib train --algo KFCPO --env SafetyPointGoal1-v0 --config '{"cost_limit": 10}'
+    rllib train --help-config KFCPO
+    rllib tune file tuned_examples/kfcpo/safety-point-goal1.yaml --num-samples 8 --name s1
+    rllib tune file tuned_examples/kfcpo/safety-point-goal1.yaml --name s1 --resume
     rllib evaluate results/<exp>/<trial>/checkpoint_000000 --episodes 5
     rllib plot results/<exp> -o curves.png
+
+See docs/usage.md for every workflow.
 """
 
 from __future__ import annotations
@@ -17,7 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rllib_kfcpo.cli.experiment import Experiment, ExperimentError, load_experiments
+from rllib_kfcpo.cli.experiment import (
+    SMOKE_CONFIG,
+    SMOKE_STOP,
+    Experiment,
+    ExperimentError,
+    algorithms,
+    load_experiments,
+)
 
 
 def _json_arg(text: str, what: str) -> dict[str, Any]:
@@ -37,16 +50,31 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train from a tuned-example YAML or flags")
-    train.add_argument("source", nargs="*", help="`file <yaml>` to read a tuned example")
-    train.add_argument("--algo", "--run", dest="algo", help="KFCPO or PPOLag")
-    train.add_argument("--env", help="env id, e.g. SafetyPointGoal1-v0")
-    train.add_argument("--config", default="{}", help="JSON config overrides")
-    train.add_argument("--stop", default=None, help="JSON stop criteria (override the file's)")
+    _add_experiment_args(train)
     train.add_argument("--checkpoint-freq", type=int, default=None)
-    train.add_argument("--storage-path", default=None, help="results root (default ./results)")
     train.add_argument("--seeds", default=None, help="comma-separated seeds, one trial each")
     train.add_argument("--resume", action="store_true", help="resume an interrupted run")
     train.add_argument("--plot", action="store_true", help="write learning_curves.png after")
+    train.add_argument("--help-config", metavar="ALGO", default=None,
+                       help="list every config key of ALGO with its default, then exit")
+
+    search = sub.add_parser(
+        "tune", help="hyperparameter search: best return among trials within the cost limit"
+    )
+    _add_experiment_args(search)
+    search.add_argument("--search", default=None,
+                        help="JSON search space: a list is a grid, {\"loguniform\": [lo, hi]}, "
+                        "{\"uniform\": [lo, hi]}, {\"randint\": [lo, hi]}, {\"choice\": "
+                        "[...]}; default: margin_temperature, kfac_damping, trust_region_kl")
+    search.add_argument("--num-samples", type=int, default=4,
+                        help="samples of the space (grids are repeated this often)")
+    search.add_argument("--name", default=None,
+                        help="experiment name (default <experiment>-search); resume by name")
+    search.add_argument("--checkpoint-freq", type=int, default=5)
+    search.add_argument("--max-concurrent", type=int, default=None,
+                        help="trials running at once (default: as many as the CPUs fit)")
+    search.add_argument("--resume", action="store_true",
+                        help="continue the interrupted search <storage-path>/<name>")
 
     evaluate = sub.add_parser("evaluate", help="roll out a checkpoint; report return and cost")
     evaluate.add_argument("checkpoint")
@@ -59,8 +87,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", nargs="*", help="`file <yaml>` to read a tuned example")
+    parser.add_argument("--algo", "--run", dest="algo", help="KFCPO or PPOLag")
+    parser.add_argument("--env", help="env id, e.g. SafetyPointGoal1-v0")
+    parser.add_argument("--config", default="{}", help="JSON config overrides")
+    parser.add_argument("--stop", default=None, help="JSON stop criteria (override the file's)")
+    parser.add_argument("--storage-path", default=None, help="results root (default ./results)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny budgets (200 env steps, 1 epoch, no remote env runners, "
+                        "1 iteration unless --stop) to check the experiment runs; --config "
+                        "and --stop still apply on top")
+
+
 def _experiments(args: argparse.Namespace) -> list[Experiment]:
     overrides = _json_arg(args.config, "--config")
+    if args.smoke:
+        overrides = {**SMOKE_CONFIG, **overrides}
     if args.source:
         if args.source[0] != "file" or len(args.source) != 2:
             raise ExperimentError("usage: rllib train file <tuned_example.yaml> [flags]")
@@ -79,15 +122,42 @@ def _experiments(args: argparse.Namespace) -> list[Experiment]:
     for exp in experiments:
         if args.stop is not None:
             exp.stop = _json_arg(args.stop, "--stop")
-        if args.seeds:
-            exp.seeds = [int(s) for s in args.seeds.split(",")]
+        elif args.smoke:
+            exp.stop = dict(SMOKE_STOP)
+        if getattr(args, "seeds", None):
+            try:
+                exp.seeds = [int(s) for s in args.seeds.split(",")]
+            except ValueError as err:
+                raise ExperimentError(f"--seeds {args.seeds!r}: give comma-separated "
+                                      "integers, e.g. --seeds 0,5,10.") from err
         exp.build_config()  # check everything before Ray starts
     return experiments
+
+
+def help_config(algo: str) -> str:
+    """Every config key of ``algo`` with its default (``rllib train --help-config``)."""
+    known = algorithms()
+    if algo not in known:
+        raise ExperimentError(f"unknown algorithm {algo!r} for --help-config. "
+                              f"Available: {sorted(known)}.")
+    config = known[algo]()
+    lines = [f"{algo} config keys (set under `config:` in a YAML or with --config):"]
+    for key in sorted(vars(config)):
+        if key.startswith("_") and key != "_model_config":
+            continue
+        value = getattr(config, key)
+        if callable(value) and not isinstance(value, type):
+            continue
+        lines.append(f"  {key}: {value!r}")
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from rllib_kfcpo.cli.run import run_experiment
 
+    if args.help_config:
+        print(help_config(args.help_config))
+        return 0
     experiments = _experiments(args)
     storage = args.storage_path or str(Path.cwd() / "results")
     for exp in experiments:
@@ -99,6 +169,28 @@ def cmd_train(args: argparse.Namespace) -> int:
             out = Path(storage) / exp.name / "learning_curves.png"
             plot_learning_curves([Path(storage) / exp.name], out)
             print(f"   learning curves: {out}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rllib_kfcpo.cli.search import leaderboard, rank_trials, run_search
+
+    experiments = _experiments(args)
+    if len(experiments) != 1:
+        raise ExperimentError(f"rllib tune searches one experiment; the file has "
+                              f"{len(experiments)}. Keep one experiment in the YAML.")
+    exp = experiments[0]
+    search = _json_arg(args.search, "--search") if args.search is not None else None
+    grid = run_search(exp, search=search, num_samples=args.num_samples,
+                      storage_path=args.storage_path, name=args.name,
+                      checkpoint_freq=args.checkpoint_freq,
+                      max_concurrent_trials=args.max_concurrent, resume=args.resume)
+    searched = list(search) if search is not None else None
+    ranked = rank_trials(grid, searched)
+    print("== ranking (feasible trials first, by return; infeasible last, by violation):")
+    print(leaderboard(ranked))
+    if ranked:
+        print(f"   best checkpoint: {ranked[0].checkpoint}")
     return 0
 
 
@@ -114,7 +206,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from rllib_kfcpo.cli.plot import plot_learning_curves
 
     plot_learning_curves(args.dirs, args.output)
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output} (plotted data: {Path(args.output).with_suffix('.json')})")
     return 0
 
 
@@ -124,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     import rllib_kfcpo  # noqa: F401  (registration)
 
     try:
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "plot": cmd_plot}[args.command](
-            args
-        )
+        commands = {"train": cmd_train, "tune": cmd_tune, "evaluate": cmd_evaluate,
+                    "plot": cmd_plot}
+        return commands[args.command](args)
     except (ExperimentError, FileNotFoundError) as err:
         print(f"rllib: error: {err}", file=sys.stderr)
         return 2

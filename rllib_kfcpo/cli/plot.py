@@ -3,7 +3,9 @@
 Reads every ``progress.csv`` below the given directories, groups trials by experiment
 (the directory that holds the trial directories), interpolates each trial onto a common
 step grid and draws the mean with a min-max band over trials (seeds), plus the cost
-limit as a dashed line. Returns the plotted data so tests can check the curves.
+limit as a dashed line. Returns the plotted data and writes it next to the PNG
+(``curves.png`` -> ``curves.json``: every plotted curve, the cost limits, and each trial's
+raw series with its directory) so the figure can be checked against the progress files.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
     if params.exists():
         limit = float(json.loads(params.read_text()).get("cost_limit", math.nan))
     return {"steps": column(STEPS_KEY), "return": column(RETURN_KEY),
-            "cost": column(COST_KEY), "cost_limit": limit}
+            "cost": column(COST_KEY), "cost_limit": limit, "dir": str(trial_dir)}
 
 
 def collect(result_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
@@ -66,8 +68,30 @@ def aggregate(trials: list[dict[str, Any]], key: str, points: int = 50) -> dict[
             "max": np.nanmax(stack, 0), "n": len(trials)}
 
 
-def plot_learning_curves(result_dirs: list[str | Path], output: str | Path) -> dict[str, Any]:
-    """Writes a PNG with return and cost panels; returns the plotted data."""
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(float(v)) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def plot_learning_curves(result_dirs: list[str | Path], output: str | Path,
+                         data_output: str | Path | None = None) -> dict[str, Any]:
+    """Writes a PNG with return and cost panels and its data as JSON; returns the data.
+
+    Args:
+        result_dirs: Tune experiment directories (or any directory above them).
+        output: the PNG to write.
+        data_output: where the plotted data goes (default: ``output`` with ``.json``).
+            NaN (no finished episode yet) is written as ``null``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,4 +119,8 @@ def plot_learning_curves(result_dirs: list[str | Path], output: str | Path) -> d
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=100)
     plt.close(fig)
-    return {"groups": data, "cost_limits": sorted(limits)}
+    result = {"groups": data, "cost_limits": sorted(limits),
+              "trials": {name: trials for name, trials in sorted(groups.items())}}
+    data_path = Path(data_output) if data_output else Path(output).with_suffix(".json")
+    data_path.write_text(json.dumps(_jsonable(result), indent=1))
+    return result

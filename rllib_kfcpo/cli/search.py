@@ -1,0 +1,297 @@
+"""Ray Tune hyperparameter search with the cost limit respected (``rllib tune``).
+
+The objective is the episode return, but only among trials that keep the cost limit.
+Tune ranks trials by one scalar, so every training result gets a derived metric,
+:data:`OBJECTIVE_KEY` (``constrained_objective``), computed by
+:class:`ConstrainedObjectiveCallback` in ``on_train_result``:
+
+- feasible (``episode_cost_mean <= cost_limit``): the episode return;
+- infeasible: ``INFEASIBLE_OFFSET - (episode_cost_mean - cost_limit)``, i.e. far below
+  any return, and the larger the violation, the lower;
+- not yet measured (no episode finished, cost NaN): ``UNMEASURED``, below everything.
+
+So ``ResultGrid.get_best_result(OBJECTIVE_KEY, "max")``, Tune schedulers and the
+checkpoint ranking all put every feasible trial before every infeasible one: an
+infeasible trial with a high return is never silently the best. :func:`rank_trials`
+ranks the finished trials by the same rule on their last result (the final policy), in
+lexicographic form (feasible first by return, then infeasible by violation), and
+:func:`leaderboard` prints that table.
+
+Checkpoints are written every ``checkpoint_freq`` iterations (and at the end) and kept by
+the objective; an interrupted search (Ctrl+C, a lost machine, a stopped job) continues
+with ``rllib tune --resume <experiment dir>`` (``tune.Tuner.restore``): finished trials
+are kept, running ones continue from their last checkpoint, pending ones start.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.rllib.utils import force_list
+
+from rllib_kfcpo.cli.experiment import Experiment, ExperimentError
+from rllib_kfcpo.cli.run import COST_KEY, RETURN_KEY, STEPS_KEY, ProgressPrinter, _get
+from rllib_kfcpo.safe.callbacks import SafeMetricsCallback
+
+OBJECTIVE_KEY = "constrained_objective"
+FEASIBLE_KEY = "cost_feasible"
+#: Objective of an infeasible result is this minus the violation: below any real return.
+INFEASIBLE_OFFSET = -1e9
+#: Objective of a result with no finished episode yet (unknown cost): below everything.
+UNMEASURED = -2e9
+
+#: Searched when no ``--search`` is given: KFCPO's three most sensitive settings.
+DEFAULT_SEARCH_SPACE: dict[str, Any] = {
+    "margin_temperature": {"loguniform": [0.03, 0.3]},
+    "kfac_damping": {"loguniform": [1e-3, 1e-1]},
+    "trust_region_kl": {"loguniform": [5e-4, 5e-3]},
+}
+_DISTRIBUTIONS = {
+    "uniform": tune.uniform,
+    "loguniform": tune.loguniform,
+    "randint": tune.randint,
+}
+
+
+def constrained_objective(episode_return: float, episode_cost: float,
+                          cost_limit: float) -> float:
+    """The scalar Tune maximises: return if the cost limit is kept, else far below."""
+    if not (math.isfinite(episode_cost) and math.isfinite(episode_return)):
+        return UNMEASURED
+    if episode_cost <= cost_limit:
+        return float(episode_return)
+    return INFEASIBLE_OFFSET - float(episode_cost - cost_limit)
+
+
+class ConstrainedObjectiveCallback(SafeMetricsCallback):
+    """SafeMetricsCallback that also adds the constrained objective to each result."""
+
+    def on_train_result(self, *, algorithm: Any, metrics_logger: Any = None,  # noqa: D102
+                        result: dict[str, Any], **kwargs: Any) -> None:
+        limit = float(algorithm.config.cost_limit)
+        ret = float(_get(result, RETURN_KEY))
+        cost = float(_get(result, COST_KEY))
+        result[OBJECTIVE_KEY] = constrained_objective(ret, cost, limit)
+        result[FEASIBLE_KEY] = bool(math.isfinite(cost) and cost <= limit)
+
+
+def parse_search_space(spec: dict[str, Any]) -> dict[str, Any]:
+    """JSON search space -> Tune search space.
+
+    ``[a, b, c]`` is a grid (every value, times ``num_samples``); ``{"uniform": [lo, hi]}``,
+    ``{"loguniform": [lo, hi]}``, ``{"randint": [lo, hi]}`` and ``{"choice": [...]}`` are
+    sampled once per sample; a plain value is fixed.
+    """
+    space: dict[str, Any] = {}
+    for key, value in spec.items():
+        if isinstance(value, list):
+            if not value:
+                raise ExperimentError(f"search space {key!r}: empty list; give at least "
+                                      "one value, e.g. [0.05, 0.1].")
+            space[key] = tune.grid_search(value)
+        elif isinstance(value, dict):
+            if len(value) != 1:
+                raise ExperimentError(
+                    f"search space {key!r}: {value!r} must have exactly one of "
+                    f"{sorted([*_DISTRIBUTIONS, 'choice'])}, e.g. {{\"loguniform\": [1e-3, 1e-1]}}."
+                )
+            (kind, args), = value.items()
+            if kind == "choice":
+                if not isinstance(args, list) or not args:
+                    raise ExperimentError(f"search space {key!r}: choice needs a non-empty "
+                                          "list, e.g. {\"choice\": [0.05, 0.1]}.")
+                space[key] = tune.choice(args)
+            elif kind in _DISTRIBUTIONS:
+                if not (isinstance(args, list) and len(args) == 2
+                        and all(isinstance(a, (int, float)) for a in args)
+                        and args[0] < args[1] and (kind != "loguniform" or args[0] > 0)):
+                    raise ExperimentError(
+                        f"search space {key!r}: {kind} needs [low, high] numbers with "
+                        f"low < high{' and low > 0' if kind == 'loguniform' else ''}, "
+                        f"got {args!r}."
+                    )
+                space[key] = _DISTRIBUTIONS[kind](*args)
+            else:
+                raise ExperimentError(
+                    f"search space {key!r}: unknown distribution {kind!r}; use one of "
+                    f"{sorted([*_DISTRIBUTIONS, 'choice'])} or a list for a grid."
+                )
+        else:
+            space[key] = value
+    return space
+
+
+def _check_search_keys(exp: Experiment, spec: dict[str, Any]) -> None:
+    """Builds the config with each searched key set to a valid sample: names bad keys."""
+    probe = dict(exp.config)
+    for key, value in spec.items():
+        if isinstance(value, list):
+            probe[key] = value[0] if value else None
+        elif isinstance(value, dict) and len(value) == 1:
+            (_, args), = value.items()
+            probe[key] = args[0] if isinstance(args, list) and args else None
+        else:
+            probe[key] = value
+    build = Experiment(name=exp.name, run=exp.run, env=exp.env, config=probe)
+    build.build_config()
+
+
+def _with_objective_callback(config: Any) -> Any:
+    callbacks = [c for c in force_list(config.callbacks_class)
+                 if not (isinstance(c, type) and issubclass(c, SafeMetricsCallback))]
+    config.callbacks_class = [ConstrainedObjectiveCallback, *callbacks]
+    return config
+
+
+def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
+               num_samples: int = 1, storage_path: str | None = None,
+               name: str | None = None, checkpoint_freq: int = 1,
+               max_concurrent_trials: int | None = None, resume: bool = False,
+               extra_callbacks: list[tune.Callback] | None = None) -> tune.ResultGrid:
+    """Runs (or with ``resume=True`` continues) a search over ``search`` for ``exp``.
+
+    Args:
+        exp: the experiment (algorithm, env, fixed config, stop criteria).
+        search: JSON-style search space (see :func:`parse_search_space`); default
+            :data:`DEFAULT_SEARCH_SPACE`.
+        num_samples: samples of the space (each grid point is repeated this often).
+        storage_path: results root; the experiment is ``<storage_path>/<name>``.
+        name: experiment name (default ``<exp.name>-search``).
+        checkpoint_freq: checkpoint every this many iterations (and at the end).
+        max_concurrent_trials: trials running at once (default: as many as fit).
+        resume: continue the interrupted search in ``<storage_path>/<name>``.
+        extra_callbacks: more Tune callbacks (the tests interrupt a search with one).
+    """
+    import ray
+
+    spec = dict(DEFAULT_SEARCH_SPACE if search is None else search)
+    _check_search_keys(exp, spec)
+    if num_samples < 1:
+        raise ExperimentError(f"--num-samples {num_samples} is invalid: give an integer >= 1.")
+    config = _with_objective_callback(exp.build_config())
+    param_space = {**config.to_dict(), **parse_search_space(spec)}
+    name = name or f"{exp.name}-search"
+    storage = str(Path(storage_path or os.path.join(os.getcwd(), "results")).resolve())
+    exp_dir = os.path.join(storage, name)
+    if resume and not tune.Tuner.can_restore(exp_dir):
+        raise ExperimentError(
+            f"Nothing to resume in {exp_dir!r}: no Tune experiment state there. Give the "
+            "same --storage-path and --name as the interrupted search (or drop --resume)."
+        )
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    started = time.time()
+    if resume:
+        print(f"== resuming search {exp_dir}", flush=True)
+        # The same param_space again: Tune stores classes in it (the callbacks) as object
+        # references that a new Ray session must be given anew.
+        tuner = tune.Tuner.restore(exp_dir, trainable=exp.run, resume_errored=True,
+                                   param_space=param_space)
+    else:
+        print(f"== search {name}: {exp.run} on {exp.env}, cost limit {config.cost_limit:g}, "
+              f"space {spec}, {num_samples} sample(s), stop {exp.stop}, results in {exp_dir}",
+              flush=True)
+        tuner = tune.Tuner(
+            exp.run,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=num_samples,
+                                        max_concurrent_trials=max_concurrent_trials),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                stop=exp.stop,
+                verbose=0,
+                callbacks=[ProgressPrinter(label=True), *(extra_callbacks or [])],
+                checkpoint_config=tune.CheckpointConfig(
+                    checkpoint_frequency=checkpoint_freq, checkpoint_at_end=True,
+                    num_to_keep=2, checkpoint_score_attribute=OBJECTIVE_KEY,
+                    checkpoint_score_order="max",
+                ),
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
+    grid = tuner.fit()
+    print(f"== search {name}: done in {time.time() - started:.0f}s", flush=True)
+    return grid
+
+
+@dataclass
+class RankedTrial:
+    """One trial of a search, ranked by :func:`rank_trials`."""
+
+    rank: int
+    trial_id: str
+    episode_return: float
+    episode_cost: float
+    cost_limit: float
+    feasible: bool
+    objective: float
+    steps: int
+    params: dict[str, Any]
+    checkpoint: str | None
+    path: str | None
+
+
+def _rank_key(trial: RankedTrial) -> tuple[int, float]:
+    if trial.feasible:
+        return (0, -trial.episode_return)
+    if math.isfinite(trial.episode_cost):
+        return (1, trial.episode_cost - trial.cost_limit)
+    return (2, 0.0)
+
+
+def rank_trials(grid: Any, searched: list[str] | None = None) -> list[RankedTrial]:
+    """Ranks the trials of a ResultGrid (or a list of Results) on their last result.
+
+    Feasible trials (episode cost <= their cost limit) come first, by return (highest
+    first); then infeasible ones by violation (smallest first); then trials without a
+    measured cost. Errored trials without any result are left out.
+    """
+    searched = searched or list(DEFAULT_SEARCH_SPACE)
+    ranked = []
+    for result in grid:
+        metrics = result.metrics or {}
+        if not metrics:
+            continue
+        config = result.config or {}
+        limit = float(config.get("cost_limit", math.nan))
+        ret = float(_get(metrics, RETURN_KEY))
+        cost = float(_get(metrics, COST_KEY))
+        ranked.append(RankedTrial(
+            rank=0,
+            trial_id=str(metrics.get("trial_id", "")),
+            episode_return=ret,
+            episode_cost=cost,
+            cost_limit=limit,
+            feasible=bool(math.isfinite(cost) and cost <= limit and math.isfinite(ret)),
+            objective=constrained_objective(ret, cost, limit),
+            steps=int(_get(metrics, STEPS_KEY, 0)),
+            params={k: config.get(k) for k in searched if k in config},
+            checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+            path=getattr(result, "path", None),
+        ))
+    ranked.sort(key=_rank_key)
+    for i, trial in enumerate(ranked, 1):
+        trial.rank = i
+    return ranked
+
+
+def leaderboard(ranked: list[RankedTrial]) -> str:
+    """The ranking as a text table (feasible trials first)."""
+    lines = ["rank | trial       | feasible | return     | cost / limit      | steps     | "
+             "params"]
+    for t in ranked:
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in t.params.items())
+        lines.append(
+            f"{t.rank:4d} | {t.trial_id:11s} | {'yes' if t.feasible else 'NO':8s} | "
+            f"{t.episode_return:10.3f} | {t.episode_cost:7.3f} / {t.cost_limit:<7g} | "
+            f"{t.steps:9,d} | {params}"
+        )
+    return "\n".join(lines)
