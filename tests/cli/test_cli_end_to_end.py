@@ -130,3 +130,13 @@ def test_plot_writes_png_whose_curves_match_progress_csv(cli_run, tmp_path, caps
         np.testing.assert_allclose(plotted["max"], stack.max(0), rtol=1e-9)
         # At the last iteration the mean is simply the mean of the seeds' final values.
         assert plotted["mean"][-1] == pytest.approx(np.mean([r[key][-1] for r in runs]))
+
+
+def test_evaluate_the_run_checkpoint(cli_run, ray_local, capsys):
+    checkpoint = sorted(cli_run["dir"].glob("*seed=0*/checkpoint_*"))[-1]
+    assert main(["evaluate", str(checkpoint), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{"):])
+    assert report["env"] == "SafetyPointGoal1-v0" and report["episodes"] == 2
+    assert report["cost_limit"] == 25.0
+    assert math.isfinite(report["episode_return_mean"]) and report["episode_cost_mean"] >= 0
