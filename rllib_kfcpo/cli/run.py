@@ -96,6 +96,12 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
         failure_config=tune.FailureConfig(max_failures=1),
     )
     exp_dir = os.path.join(storage, exp.name)
+    if freq:
+        # Tune saves its experiment state (which checkpoint each trial has) at most every
+        # 10 s by default, so a killed driver could resume from an older checkpoint than
+        # the newest one on disk. Saving it every loop step bounds the loss after a crash
+        # to one checkpoint interval (see docs/reliability.md). Overridable.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if resume and tune.Tuner.can_restore(exp_dir):
         tuner = tune.Tuner.restore(exp_dir, trainable=exp.run, resume_errored=True,
                                    param_space=param_space)
