@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import rllib_kfcpo  # noqa: F401  (registers KFCPO and the envs with Tune)
     from rllib_kfcpo.cli.experiment import (
-        SMOKE_CONFIG,
         SMOKE_STOP,
         ExperimentError,
+        apply_smoke,
         load_experiments,
     )
     from rllib_kfcpo.cli.search import OBJECTIVE_KEY, leaderboard, rank_trials, run_search
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.env:
         exp.env = args.env
     if args.smoke:
-        exp.config.update(SMOKE_CONFIG)
+        apply_smoke(exp)
         exp.stop = dict(SMOKE_STOP)
     try:
         grid = run_search(exp, search=SEARCH_SPACE, num_samples=args.num_samples,

@@ -35,6 +35,25 @@ SMOKE_CONFIG: dict[str, Any] = {
     "num_envs_per_env_runner": 1,
 }
 SMOKE_STOP: dict[str, Any] = {"training_iteration": 1}
+#: Episode length under ``--smoke`` for Safety-Gymnasium tasks (1,000 steps otherwise), so
+#: that a smoke run finishes episodes and reports a return and an episode cost.
+SMOKE_EPISODE_STEPS = 50
+
+
+def apply_smoke(exp: Experiment, user_config: dict[str, Any] | None = None) -> None:
+    """Shrinks ``exp`` to :data:`SMOKE_CONFIG` budgets; ``user_config`` keys still win."""
+    user_config = user_config or {}
+    exp.config.update({k: v for k, v in SMOKE_CONFIG.items() if k not in user_config})
+    try:
+        from rllib_kfcpo.envs import safety_task_ids
+
+        is_safety_task = exp.env in safety_task_ids()
+    except ImportError:
+        is_safety_task = False
+    if is_safety_task:
+        env_config = dict(exp.config.get("env_config") or {})
+        env_config.setdefault("max_episode_steps", SMOKE_EPISODE_STEPS)
+        exp.config["env_config"] = env_config
 
 
 class ExperimentError(ValueError):

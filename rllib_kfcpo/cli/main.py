@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from rllib_kfcpo.cli.experiment import (
-    SMOKE_CONFIG,
     SMOKE_STOP,
     Experiment,
     ExperimentError,
     algorithms,
+    apply_smoke,
     load_experiments,
 )
 
@@ -96,17 +96,16 @@ def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-path", default=None, help="results root (default ./results)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny budgets (200 env steps, 1 epoch, no remote env runners, "
-                        "1 iteration unless --stop) to check the experiment runs; --config "
-                        "and --stop still apply on top")
+                        "50-step Safety-Gymnasium episodes, 1 iteration unless --stop) to "
+                        "check the experiment runs; --config and --stop still win")
 
 
 def _experiments(args: argparse.Namespace) -> list[Experiment]:
     overrides = _json_arg(args.config, "--config")
-    if args.smoke:
-        overrides = {**SMOKE_CONFIG, **overrides}
     if args.source:
         if args.source[0] != "file" or len(args.source) != 2:
-            raise ExperimentError("usage: rllib train file <tuned_example.yaml> [flags]")
+            raise ExperimentError(f"usage: rllib {args.command} file <tuned_example.yaml> "
+                                  "[flags], or --algo ALGO --env ENV [flags]")
         experiments = load_experiments(args.source[1])
         for exp in experiments:
             exp.config.update(overrides)
@@ -118,8 +117,10 @@ def _experiments(args: argparse.Namespace) -> list[Experiment]:
         if not (args.algo and args.env):
             raise ExperimentError("give `file <yaml>` or both --algo and --env.")
         experiments = [Experiment(name=f"{args.algo}-{args.env}", run=args.algo,
-                                  env=args.env, config=overrides)]
+                                  env=args.env, config=dict(overrides))]
     for exp in experiments:
+        if args.smoke:
+            apply_smoke(exp, overrides)
         if args.stop is not None:
             exp.stop = _json_arg(args.stop, "--stop")
         elif args.smoke:

@@ -1,9 +1,10 @@
 """`rllib train file <yaml>` end to end through the console script, then `rllib plot`.
 
 One real run (a fresh local Ray in a subprocess, KFCPO on SafetyPointGoal1-v0, two seeds,
-two iterations of 200 env steps, 50-step episodes) is shared by the tests of this module:
-the progress lines, the result files, TensorBoard event files, and a learning-curve PNG
-whose plotted data must match the run's progress.csv files.
+two iterations of 200 env steps, 50-step episodes: the `--smoke` budgets) is shared by
+the tests of this module: the progress lines, the result files, TensorBoard event files,
+a learning-curve PNG whose plotted data must match the run's progress.csv files, and the
+evaluation of the run's checkpoint.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def cli_run(tmp_path_factory) -> dict:
     argv = [
         *rllib_command(), "train", "file", str(YAML), "--smoke",
         "--stop", json.dumps({"training_iteration": ITERATIONS}),
-        "--config", json.dumps({"env_config": {"max_episode_steps": 50}}),
+        "--config", json.dumps({"num_epochs": 2}),  # --config wins over --smoke's 1
         "--seeds", ",".join(map(str, SEEDS)),
         "--storage-path", str(storage),
     ]
@@ -88,6 +89,7 @@ def test_train_file_writes_results_checkpoints_and_tensorboard(cli_run):
         assert (trial / "result.json").read_text().count("\n") == ITERATIONS
         params = json.loads((trial / "params.json").read_text())
         assert params["cost_limit"] == 25.0 and params["train_batch_size"] == 200
+        assert params["num_epochs"] == 2 and params["env_config"]["max_episode_steps"] == 50
         seeds.add(params["seed"])
         assert list(trial.glob("events.out.tfevents*")), f"no TensorBoard events in {trial}"
         assert list(trial.glob("checkpoint_*/algorithm_state.pkl")) or \

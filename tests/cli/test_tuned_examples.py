@@ -1,8 +1,8 @@
 """Every tuned example is documented, follows OmniSafe's protocol and really trains.
 
 Each YAML under tuned_examples/ is read with the CLI's own loader, shrunk with the CLI's
-``--smoke`` overrides (200 env steps, one epoch, no remote env runners) and trained for
-one real iteration on the session's local Ray instance.
+``--smoke`` overrides (200 env steps, one epoch, no remote env runners, 50-step episodes)
+and trained for one real iteration on the session's local Ray instance.
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rllib_kfcpo.cli.experiment import SMOKE_CONFIG, load_experiments
+from rllib_kfcpo.cli.experiment import (
+    SMOKE_CONFIG,
+    SMOKE_EPISODE_STEPS,
+    apply_smoke,
+    load_experiments,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNED = sorted((ROOT / "tuned_examples").rglob("*.yaml"))
@@ -62,8 +67,11 @@ def test_tuned_example_says_what_to_expect_and_follows_omnisafe(path: Path):
 @pytest.mark.parametrize("path", TUNED, ids=_ids(TUNED))
 def test_tuned_example_trains_one_iteration(ray_local, path: Path):
     (exp,) = load_experiments(path)
-    # Short episodes so that one 200-step iteration finishes episodes and logs costs.
-    exp.config.update({**SMOKE_CONFIG, "env_config": {"max_episode_steps": 50}})
+    # `rllib train --smoke`: 200 env steps, one epoch, 50-step episodes (so that one
+    # iteration finishes episodes and logs their cost).
+    apply_smoke(exp)
+    assert exp.config["train_batch_size"] == SMOKE_CONFIG["train_batch_size"]
+    assert exp.config["env_config"] == {"max_episode_steps": SMOKE_EPISODE_STEPS}
     algo = exp.build_config().build_algo()
     try:
         # The network really is 64x64 tanh, and observations really are normalised.
