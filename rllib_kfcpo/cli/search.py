@@ -171,11 +171,12 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
     import ray
 
     spec = dict(DEFAULT_SEARCH_SPACE if search is None else search)
+    space = parse_search_space(spec)
     _check_search_keys(exp, spec)
     if num_samples < 1:
         raise ExperimentError(f"--num-samples {num_samples} is invalid: give an integer >= 1.")
     config = _with_objective_callback(exp.build_config())
-    param_space = {**config.to_dict(), **parse_search_space(spec)}
+    param_space = {**config.to_dict(), **space}
     name = name or f"{exp.name}-search"
     storage = str(Path(storage_path or os.path.join(os.getcwd(), "results")).resolve())
     exp_dir = os.path.join(storage, name)

@@ -92,8 +92,7 @@ def test_train_file_writes_results_checkpoints_and_tensorboard(cli_run):
         assert params["num_epochs"] == 2 and params["env_config"]["max_episode_steps"] == 50
         seeds.add(params["seed"])
         assert list(trial.glob("events.out.tfevents*")), f"no TensorBoard events in {trial}"
-        assert list(trial.glob("checkpoint_*/algorithm_state.pkl")) or \
-            list(trial.glob("checkpoint_*")), f"no checkpoint in {trial}"
+        assert list(trial.glob("checkpoint_*/rllib_checkpoint.json")), f"no checkpoint in {trial}"
     assert seeds == set(SEEDS)
 
 

@@ -66,3 +66,34 @@ def test_missing_file(capsys):
     code, err = run_cli(capsys, "train", "file", "does/not/exist.yaml")
     assert code == 2
     assert "No such file" in err
+
+
+def test_bad_seeds(capsys):
+    code, err = run_cli(capsys, "train", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--seeds", "0,five")
+    assert code == 2
+    assert "--seeds '0,five'" in err and "comma-separated integers" in err
+
+
+def test_help_config_lists_keys_and_refuses_unknown_algorithms(capsys):
+    assert main(["train", "--help-config", "KFCPO"]) == 0
+    out = capsys.readouterr().out
+    assert "  cost_limit: 25.0" in out and "  margin_temperature: 0.1" in out
+    code, err = run_cli(capsys, "train", "--help-config", "CPO")
+    assert code == 2 and "unknown algorithm 'CPO'" in err
+
+
+def test_tune_bad_search_space(capsys):
+    code, err = run_cli(capsys, "tune", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--search", '{"kfac_damping": {"loguniform": [0, 0.1]}}')
+    assert code == 2
+    assert "'kfac_damping': loguniform needs [low, high] numbers with low < high and low > 0" \
+        in err
+    code, err = run_cli(capsys, "tune", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--num-samples", "0")
+    assert code == 2 and "--num-samples 0 is invalid" in err
+
+
+def test_tune_file_with_wrong_source(capsys):
+    code, err = run_cli(capsys, "tune", "fil", "tuned_examples/kfcpo/safety-point-goal1.yaml")
+    assert code == 2 and "usage: rllib tune file <tuned_example.yaml>" in err
