@@ -51,8 +51,14 @@ class InterruptAfterFirstTrial(tune.Callback):
     """
 
     def on_trial_complete(self, iteration, trials, trial, **info):  # noqa: D102
-        if not any(t.status == "TERMINATED" for t in trials if t is not trial):
-            os.kill(os.getpid(), signal.SIGINT)
+        if any(t.status == "TERMINATED" for t in trials if t is not trial):
+            return
+        # Only into Tune's own handler: a SIGINT to pytest's would end the test session.
+        handler = signal.getsignal(signal.SIGINT)
+        if handler in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN, None):
+            raise RuntimeError("Tune installed no SIGINT handler (not the main thread, or "
+                               "TUNE_DISABLE_SIGINT_HANDLER=1): cannot interrupt the search")
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _experiment() -> Experiment:
