@@ -185,6 +185,11 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
             f"Nothing to resume in {exp_dir!r}: no Tune experiment state there. Give the "
             "same --storage-path and --name as the interrupted search (or drop --resume)."
         )
+    if checkpoint_freq:
+        # As `rllib train` does: save Tune's experiment state every loop step (default: at
+        # most every 10 s), so a resume after a killed driver loses at most one checkpoint
+        # interval. Overridable by setting the variable.
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
     started = time.time()
