@@ -125,28 +125,43 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return {}
 
 
-def check_checkpoint_compatible(path: str | os.PathLike, algorithm: str) -> None:
+def _class_in_checkpoint(path: str | os.PathLike) -> str | None:
+    """Name of the class RLlib stored in ``class_and_ctor_args.pkl`` (None if unreadable)."""
+    file = pathlib.Path(path) / PPO.CLASS_AND_CTOR_ARGS_FILE_NAME
+    try:
+        import ray.cloudpickle as pickle
+
+        with file.open("rb") as f:
+            return pickle.load(f)["class"].__name__
+    except Exception:  # noqa: BLE001 - unreadable: leave the decision to RLlib
+        return None
+
+
+def check_checkpoint_compatible(path: str | os.PathLike, algorithm: type) -> None:
     """Raises :class:`CheckpointMismatchError` if ``path`` cannot be restored as ``algorithm``.
 
-    Only local paths are checked (cloud URIs are left to RLlib).
+    The checkpoint's algorithm must be ``algorithm`` or one of its base classes, and its
+    format version this package's. Checkpoints written before the version was recorded
+    (no ``rllib_kfcpo_*`` metadata) are checked by the class RLlib stored with them. Only
+    local paths are checked (cloud URIs are left to RLlib).
     """
     if "://" in str(path) or not pathlib.Path(path).is_dir():
         return
+    name = algorithm.__name__
+    accepted = {c.__name__ for c in algorithm.__mro__
+                if isinstance(c, type) and issubclass(c, SafeAlgorithm)}
     meta = read_checkpoint_metadata(path)
     written_by = meta.get(META_ALGORITHM)
-    version = meta.get(META_FORMAT_VERSION)
-    if written_by is None:
+    version = meta.get(META_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION)
+    if written_by is None:  # older checkpoint, or not one of ours
+        written_by = _class_in_checkpoint(path)
+        if written_by is None:
+            return
+    if written_by not in accepted:
         raise CheckpointMismatchError(
-            f"Checkpoint {str(path)!r} was not written by an rllib_kfcpo algorithm (its "
-            f"{PPO.METADATA_FILE_NAME} has no {META_ALGORITHM!r}), so it cannot be restored as "
-            f"{algorithm}. Restore it with the algorithm that wrote it "
-            "(ray.rllib.algorithms.algorithm.Algorithm.from_checkpoint(path))."
-        )
-    if written_by != algorithm:
-        raise CheckpointMismatchError(
-            f"Checkpoint {str(path)!r} was written by {written_by}, not {algorithm}: its "
-            f"learner and optimizer state do not fit {algorithm}. Restore it as {written_by} "
-            f"(Algorithm.from_checkpoint(path)) or start {algorithm} from scratch."
+            f"Checkpoint {str(path)!r} was written by {written_by}, not {name}: its "
+            f"learner and optimizer state do not fit {name}. Restore it as {written_by} "
+            f"(Algorithm.from_checkpoint(path)) or start {name} from scratch."
         )
     if version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointMismatchError(
@@ -219,14 +234,14 @@ class SafeAlgorithm(PPO):
     @override(PPO)
     def restore_from_path(self, path: Any, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("component") is None and not args:
-            check_checkpoint_compatible(path, type(self).__name__)
+            check_checkpoint_compatible(path, type(self))
         super().restore_from_path(path, *args, **kwargs)
 
     @classmethod
     @override(PPO)
     def from_checkpoint(cls, path: Any, filesystem: Any = None, **kwargs: Any) -> Any:
         if cls is not SafeAlgorithm and _is_local_path(path, filesystem):
-            check_checkpoint_compatible(path, cls.__name__)
+            check_checkpoint_compatible(path, cls)
         return super().from_checkpoint(path, filesystem=filesystem, **kwargs)
 
     def episode_cost_mean(self) -> float:

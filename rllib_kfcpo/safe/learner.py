@@ -36,20 +36,29 @@ class LearnerStateMismatchError(ValueError):
     """Learner state written by another algorithm's learner or another format version."""
 
 
-def check_safe_state(state: dict[str, Any], learner_class: str) -> None:
-    """Raises :class:`LearnerStateMismatchError` unless ``state`` fits ``learner_class``."""
+def check_safe_state(state: dict[str, Any], learner_class: type) -> None:
+    """Raises :class:`LearnerStateMismatchError` unless ``state`` fits ``learner_class``.
+
+    The writer must be ``learner_class`` or one of its bases and the format version this
+    package's. State written before the version was recorded (no ``format_version``) is
+    accepted as is.
+    """
+    if "format_version" not in state:
+        return
     written_by = state.get("learner_class")
-    version = state.get("format_version")
-    if written_by != learner_class:
+    name = learner_class.__name__
+    if written_by not in {c.__name__ for c in learner_class.__mro__
+                          if issubclass(c, SafeTorchLearner)}:
         raise LearnerStateMismatchError(
             f"The learner state was written by {written_by or 'an unknown learner'}, not "
-            f"{learner_class}: restoring it would mix another algorithm's optimizer and "
+            f"{name}: restoring it would mix another algorithm's optimizer and "
             "constraint state into this one. Restore the checkpoint with the algorithm that "
             "wrote it, or start from scratch."
         )
+    version = state["format_version"]
     if version != SAFE_STATE_FORMAT_VERSION:
         raise LearnerStateMismatchError(
-            f"The learner state of {learner_class} has format version {version!r}; this "
+            f"The learner state of {name} has format version {version!r}; this "
             f"rllib_kfcpo reads version {SAFE_STATE_FORMAT_VERSION}. Restore it with the "
             "rllib_kfcpo release that wrote it."
         )
@@ -119,7 +128,7 @@ class SafeTorchLearner(PPOTorchLearner):
     def set_state(self, state: dict[str, Any]) -> None:
         # Check before anything is loaded, so a refused state leaves this learner untouched.
         if COMPONENT_SAFE_STATE in state:
-            check_safe_state(state[COMPONENT_SAFE_STATE], type(self).__name__)
+            check_safe_state(state[COMPONENT_SAFE_STATE], type(self))
         super().set_state(state)
         if COMPONENT_SAFE_STATE in state:
             self.set_safe_state(state[COMPONENT_SAFE_STATE])

@@ -268,6 +268,27 @@ def test_incompatible_format_version_is_refused(checkpoints, tmp_path):
         KFCPO.from_checkpoint(str(copy))
 
 
+def test_checkpoints_without_version_metadata_are_judged_by_their_class(checkpoints,
+                                                                      tmp_path):
+    """Checkpoints written before the format version existed stay restorable by their own
+    algorithm (and are still refused by another one)."""
+    import shutil
+
+    legacy = {}
+    for name, path in checkpoints.items():
+        copy = tmp_path / name
+        shutil.copytree(path, copy)
+        meta = json.loads((copy / "rllib_checkpoint.json").read_text())
+        meta.pop("rllib_kfcpo_algorithm")
+        meta.pop(META_FORMAT_VERSION)
+        (copy / "rllib_checkpoint.json").write_text(json.dumps(meta))
+        legacy[name] = copy
+    with pytest.raises(CheckpointMismatchError, match="written by PPOLag, not KFCPO"):
+        KFCPO.from_checkpoint(str(legacy["PPOLag"]))
+    restored = KFCPO.from_checkpoint(str(legacy["KFCPO"]))
+    restored.stop()
+
+
 def test_learner_state_of_another_algorithm_is_refused(checkpoints):
     """The learner-level guard (LearnerGroup.restore_from_path / set_state)."""
     import pickle
