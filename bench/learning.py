@@ -66,6 +66,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=10_000, help="train_batch_size")
     parser.add_argument("--runners", type=int, default=2, help="num_env_runners")
+    parser.add_argument("--envs-per-runner", type=int, default=1,
+                        help="num_envs_per_env_runner")
+    parser.add_argument("--reuse-compiled-model", action="store_true",
+                        help="navigation envs keep their compiled model on reset "
+                             "(rllib_kfcpo.envs.fast_reset; same episodes, faster resets)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="Ray logical CPUs (default: enough for every seed at once)")
     parser.add_argument("--ablations", action="store_true")
@@ -102,7 +107,9 @@ def main() -> None:
         env_dir = out / env.replace("/", "_")
         for name, (algo, extra) in variants(args.ablations).items():
             config = {"cost_limit": 25.0, "train_batch_size": batch, "num_env_runners": runners,
-                      **extra}
+                      "num_envs_per_env_runner": args.envs_per_runner, **extra}
+            if args.reuse_compiled_model:
+                config["env_config"] = {"reuse_compiled_model": True}
             if algo == "KFCPO":
                 config.update(minibatch_size=min(2000, batch), num_epochs=10)
             else:
