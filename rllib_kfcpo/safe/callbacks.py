@@ -92,8 +92,13 @@ class SafeMetricsCallback(RLlibCallback):
     go through :class:`rllib_kfcpo.envs.SafetyGymnasiumEnv`).
     """
 
-    def on_episode_start(self, *, episode, **kwargs) -> None:  # noqa: D102
+    def on_episode_start(self, *, episode, env_runner=None, **kwargs) -> None:  # noqa: D102
         episode.custom_data[_RUNNING_COST] = 0.0
+        # RLlib calls this after reset(): the reset observation is in the episode.
+        where = f" {env_runner.config.env!r}" if env_runner is not None else ""
+        if len(episode.get_observations()):
+            check_finite_step(episode.get_observations(-1), None, where=f"{where} (reset)",
+                              step=0)
 
     def on_episode_step(self, *, episode, env_runner=None, **kwargs) -> None:  # noqa: D102
         where = ""

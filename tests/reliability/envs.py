@@ -21,6 +21,7 @@ NAN_OBS_ENV = "reliability/NanObs-v0"
 INF_COST_ENV = "reliability/InfCost-v0"
 NO_COST_ENV = "reliability/NoCost-v0"
 DISCRETE_ENV = "reliability/Discrete-v0"
+NAN_RESET_ENV = "reliability/NanResetObs-v0"
 #: Step (1-based, as RLlib's episode.t counts) at which the faulty envs misbehave.
 BAD_STEP = 5
 
@@ -61,6 +62,14 @@ class InfCostEnv(_FaultAt):
     fault = "cost"
 
 
+class NanResetObsEnv(ActionCostEnv):
+    """NaN in the observation returned by reset()."""
+
+    def reset(self, *, seed=None, options=None):  # noqa: D102
+        obs, info = super().reset(seed=seed, options=options)
+        return np.full_like(obs, np.nan), info
+
+
 class NoCostEnv(ActionCostEnv):
     """Never puts a cost into info."""
 
@@ -88,6 +97,7 @@ def register() -> None:
     """Registers every faulty env with Tune (idempotent)."""
     for name, cls in [(NAN_REWARD_ENV, NanRewardEnv), (NAN_OBS_ENV, NanObsEnv),
                       (INF_COST_ENV, InfCostEnv), (NO_COST_ENV, NoCostEnv),
+                      (NAN_RESET_ENV, NanResetObsEnv),
                       (DISCRETE_ENV, DiscreteEnv)]:
         register_env(name, lambda cfg, _cls=cls: _cls(dict(cfg)))
 

@@ -136,12 +136,13 @@ def test_discrete_action_space(ray_local):
     assert "Discrete(3)" in str(info.value)
 
 
-@pytest.mark.parametrize(("env", "runners", "what"), [
-    (bad_envs.NAN_REWARD_ENV, 1, "non-finite reward"),  # on a remote env runner
-    (bad_envs.NAN_OBS_ENV, 0, "non-finite observation"),  # on the local env runner
-    (bad_envs.INF_COST_ENV, 0, "non-finite cost"),
+@pytest.mark.parametrize(("env", "runners", "what", "step"), [
+    (bad_envs.NAN_REWARD_ENV, 1, "non-finite reward", bad_envs.BAD_STEP),  # remote runner
+    (bad_envs.NAN_OBS_ENV, 0, "non-finite observation", bad_envs.BAD_STEP),  # local runner
+    (bad_envs.INF_COST_ENV, 0, "non-finite cost", bad_envs.BAD_STEP),
+    (bad_envs.NAN_RESET_ENV, 0, "non-finite observation", 0),
 ])
-def test_non_finite_env_data_is_one_clear_error(ray_local, env, runners, what):
+def test_non_finite_env_data_is_one_clear_error(ray_local, env, runners, what, step):
     """A custom env's NaN/inf reaches the driver as one error naming env and step.
 
     A remote runner exits on any exception (RLlib's ``apply``) and, with
@@ -156,7 +157,7 @@ def test_non_finite_env_data_is_one_clear_error(ray_local, env, runners, what):
         algo.stop()
     message = str(info.value)
     assert what in message and repr(env) in message
-    assert f"step {bad_envs.BAD_STEP}" in message
+    assert f"step {step}" in message
 
 
 # --- Cluster resources (checked against ray.cluster_resources() before learners) ---------
