@@ -48,6 +48,10 @@ class SafeAlgorithmConfig(PPOConfig):
         self.entropy_coeff = 0.0
         self.vf_clip_param = float("inf")
         self.callbacks_class = SafeMetricsCallback
+        # Fault tolerance: a crashed env runner is restarted and training goes on (RLlib's
+        # default today; set here so it stays the package's default). Bad env data is
+        # still raised, see SafeAlgorithm._sample.
+        self.restart_failed_env_runners = True
 
     @override(PPOConfig)
     def training(
