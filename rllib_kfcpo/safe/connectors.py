@@ -120,7 +120,7 @@ class SafeGeneralAdvantageEstimation(ConnectorV2):
                 cost_values = convert_to_numpy(module.compute_cost_values(module_batch))
             device = module_batch[Columns.OBS].device
 
-            def np_(key: str) -> np.ndarray:
+            def np_(key: str, module_batch: dict[str, Any] = module_batch) -> np.ndarray:
                 return convert_to_numpy(module_batch[key]).astype(np.float32)
 
             terminateds, truncateds = np_(Columns.TERMINATEDS), np_(Columns.TRUNCATEDS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from ray.rllib.algorithms.algorithm import Algorithm
 
 from rllib_kfcpo import PPOLagConfig

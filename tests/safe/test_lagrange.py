@@ -12,12 +12,12 @@ from rllib_kfcpo.safe.lagrange import LagrangeMultiplier
 def test_multiplier_rises_above_the_limit_and_returns_to_zero_below():
     lam = LagrangeMultiplier(init=1e-3, lr=0.035)
     values = [lam.update(episode_cost=40.0, cost_limit=25.0) for _ in range(20)]
-    assert all(b > a for a, b in zip(values, values[1:]))
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
     below = [lam.update(episode_cost=10.0, cost_limit=25.0) for _ in range(200)]
     # Adam's momentum may carry lambda up for a step or two; then it falls to 0.
     peak = below.index(max(below))
     assert peak <= 10
-    assert all(b <= a for a, b in zip(below[peak:], below[peak + 1:]))
+    assert all(b <= a for a, b in zip(below[peak:], below[peak + 1:], strict=False))
     assert below[-1] == 0.0  # projected onto [0, inf): never negative
     assert min(below) >= 0.0
 
@@ -57,4 +57,4 @@ def test_ppolag_multiplier_follows_the_action_controlled_cost(ray_local):
     finally:
         algo.stop()
     assert all(c > 5.0 for c in costs)
-    assert all(b > a for a, b in zip(lams, lams[1:])), lams
+    assert all(b > a for a, b in zip(lams, lams[1:], strict=False)), lams

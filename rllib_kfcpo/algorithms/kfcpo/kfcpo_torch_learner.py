@@ -203,7 +203,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
         """Takes the step; undoes it (bit-for-bit) if the real KL leaves target_kl."""
         snapshot = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, d in zip(params, direction):
+            for p, d in zip(params, direction, strict=True):
                 p.add_(d, alpha=step)
             dist_cls = module.get_train_action_dist_cls()
             behaviour = dist_cls.from_logits(batch[Columns.ACTION_DIST_INPUTS])
@@ -212,7 +212,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
             all_reduce_mean_([kl])
             kl_value = float(kl)
             if cfg.kl_rollback and not kl_value <= cfg.target_kl:
-                for p, saved in zip(params, snapshot):
+                for p, saved in zip(params, snapshot, strict=True):
                     p.copy_(saved)
                 self.policy_frozen = True
         return kl_value
