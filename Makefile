@@ -12,12 +12,13 @@ demo: setup
 	$(PY) -m rllib_kfcpo.cli.main train file tuned_examples/kfcpo/demo-point-goal1.yaml \
 		--storage-path $(CURDIR)/results --plot
 
-# The test suite (slow learning runs are skipped; `make test-slow` runs them).
+# Lint, then the test suite (slow learning runs are skipped; `make test-slow` runs them).
 test: setup
+	$(PY) -m ruff check rllib_kfcpo tests bench examples
 	$(PY) -m pytest -q
 
 test-slow: setup
 	RUN_SLOW=1 $(PY) -m pytest -q -m slow
 
 lint: setup
-	$(PY) -m ruff check rllib_kfcpo tests bench
+	$(PY) -m ruff check rllib_kfcpo tests bench examples

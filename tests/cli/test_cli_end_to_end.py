@@ -91,7 +91,14 @@ def test_train_file_writes_results_checkpoints_and_tensorboard(cli_run):
         assert params["cost_limit"] == 25.0 and params["train_batch_size"] == 200
         assert params["num_epochs"] == 2 and params["env_config"]["max_episode_steps"] == 50
         seeds.add(params["seed"])
-        assert list(trial.glob("events.out.tfevents*")), f"no TensorBoard events in {trial}"
+        events = list(trial.glob("events.out.tfevents*"))
+        assert events, f"no TensorBoard events in {trial}"
+        # TensorBoard (installed with the package) reads them: return and cost are there.
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        scalars = EventAccumulator(str(trial)).Reload().Tags()["scalars"]
+        for key in ("env_runners/episode_return_mean", "env_runners/episode_cost_mean"):
+            assert f"ray/tune/{key}" in scalars, sorted(scalars)[:20]
         assert list(trial.glob("checkpoint_*/rllib_checkpoint.json")), f"no checkpoint in {trial}"
     assert seeds == set(SEEDS)
 
