@@ -82,6 +82,8 @@ def main() -> None:
                         help="comma-separated RxV: env runners x envs per runner")
     parser.add_argument("--steps", type=int, default=8000,
                         help="steps per sampling measurement and per training iteration")
+    parser.add_argument("--iterations", type=int, default=2,
+                        help="timed training iterations (after one warm-up iteration)")
     parser.add_argument("--reuse-compiled-model", choices=("off", "on", "both"), default="both",
                         help="navigation envs' fast reset (rllib_kfcpo.envs.fast_reset): "
                              "measure without it, with it, or both (default)")
@@ -90,7 +92,8 @@ def main() -> None:
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     envs = ["SafetyHalfCheetahVelocity-v1"] if args.smoke else args.envs.split(",")
-    raw_steps, steps, iterations = (500, 400, 1) if args.smoke else (6000, args.steps, 2)
+    raw_steps, steps, iterations = (500, 400, 1) if args.smoke else (
+        6000, args.steps, args.iterations)
     layouts = [(1, 1), (2, 1)] if args.smoke else [
         tuple(int(x) for x in layout.split("x")) for layout in args.layouts.split(",")]
     print(f"nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start; "
