@@ -34,6 +34,7 @@ ABLATIONS = {
     "KFCPO-no-projection": {"projection": "none"},
     "KFCPO-hard-switch": {"margin_schedule": "hard"},
     "KFCPO-no-rollback": {"kl_rollback": False},
+    "KFCPO-rollback-no-retry": {"rollback_backtracks": 0},
     "KFCPO-plain-gradient": {"use_kfac": False},
 }
 

@@ -176,3 +176,29 @@ def test_kfcpo_keeps_cost_under_the_limit_on_the_action_cost_env(ray_local):
     assert costs[0] > 15  # a fresh policy pays ~25
     assert np.mean(costs[-3:]) <= 10.0 * 1.2
     assert np.mean(returns[-3:]) > -40  # well above the trivially safe a = -1 (-50)
+
+
+def test_rollback_retries_at_half_the_step_when_that_fits():
+    """One minibatch step whose full size leaves target_kl but whose half fits."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    timesteps = {"safe_episode_cost_mean": 20.0}
+
+    def one_step(**training):
+        learner = toy_config(**training).training(num_epochs=1).build_learner(spaces=spaces)
+        out = learner.update(episodes=fixed_episodes(), timesteps=timesteps, num_epochs=1,
+                             minibatch_size=204)["default_policy"]
+        return {k: float(v.peek()) if hasattr(v, "peek") else v for k, v in out.items()}
+
+    full = one_step(kl_rollback=False)
+    assert full["policy_steps"] == 1 and full["kl_after_step"] > 0
+    # KL grows about quadratically in the step: half a step gives ~1/4 of the KL.
+    halved = one_step(target_kl=0.5 * full["kl_after_step"], rollback_backtracks=3)
+    assert halved["kl_backtracks"] == 1 and halved["kl_rollbacks"] == 0
+    assert halved["policy_steps"] == 1
+    assert halved["step_size"] == full["step_size"] / 2
+    assert halved["kl_after_step"] <= 0.5 * full["kl_after_step"]
+    # Without retries the same target undoes the step and freezes the policy.
+    stopped = one_step(target_kl=0.5 * full["kl_after_step"], rollback_backtracks=0)
+    assert stopped["kl_rollbacks"] == 1 and stopped["policy_steps"] == 0
+    assert stopped["kl_backtracks"] == 0

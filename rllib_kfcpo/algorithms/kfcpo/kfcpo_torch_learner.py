@@ -9,8 +9,9 @@ The step, as in docs/algorithm.md:
 5. margin weights (w_r, w_c) from the windowed episode cost Jc and the limit d;
 6. projection of the harmful direction when <n_r, n_c>_F < 0, blend d = w_r n_r' + w_c n_c';
 7. trust region: step a d with a = min(max_step_size, sqrt(2 trust_region_kl / d'Fd));
-8. rollback: if KL(behaviour || new) > target_kl, restore the snapshot and freeze the
-   policy for the rest of the iteration (critics keep training).
+8. rollback: if KL(behaviour || new) > target_kl, restore the snapshot and retry at half
+   the step (``rollback_backtracks`` times); if no retry fits, keep the snapshot and freeze
+   the policy for the rest of the iteration (critics keep training).
 
 With several learners the module is not wrapped in DDP: gradients, Kronecker factors and
 the KL are averaged with explicit all-reduces, so every learner takes the same step.
@@ -157,7 +158,9 @@ class KFCPOTorchLearner(SafeTorchLearner):
             self.metrics.log_value((module_id, M.SKIPPED_STEPS), 1, reduce="sum")
             return critic_loss
 
-        kl = self._step_with_rollback(module, params, direction, step, obs, batch, cfg)
+        kl, step, backtracks = self._step_with_rollback(module, params, direction, step, obs,
+                                                        batch, cfg)
+        self.metrics.log_value((module_id, M.BACKTRACKS), backtracks, reduce="sum")
         info["kl_before"] = kl_before
         self._log_step(module_id, cfg, kfac, info, w_reward, w_cost, quad, step, kl,
                        kfac_seconds, dist, batch, reward_surrogate)
@@ -199,23 +202,40 @@ class KFCPOTorchLearner(SafeTorchLearner):
 
     def _step_with_rollback(self, module: Any, params: Sequence[nn.Parameter],
                             direction: Sequence[torch.Tensor], step: float,
-                            obs: torch.Tensor, batch: dict[str, Any], cfg: Any) -> float:
-        """Takes the step; undoes it (bit-for-bit) if the real KL leaves target_kl."""
+                            obs: torch.Tensor, batch: dict[str, Any],
+                            cfg: Any) -> tuple[float, float, int]:
+        """Takes the step; if the real KL leaves ``target_kl``, undoes it bit-for-bit.
+
+        After an undo the step is retried at half the size, up to ``rollback_backtracks``
+        times; when no retry fits, the parameters stay at the snapshot and the policy is
+        frozen for the rest of the iteration. Every decision uses the all-reduced KL, so
+        all learners decide alike.
+
+        Returns:
+            ``(kl, step actually kept (0.0 when frozen), number of halvings)``.
+        """
         snapshot = [p.detach().clone() for p in params]
+        dist_cls = module.get_train_action_dist_cls()
+        behaviour = dist_cls.from_logits(batch[Columns.ACTION_DIST_INPUTS])
+        attempts = 1 + (cfg.rollback_backtracks if cfg.kl_rollback else 0)
         with torch.no_grad():
-            for p, d in zip(params, direction, strict=True):
-                p.add_(d, alpha=step)
-            dist_cls = module.get_train_action_dist_cls()
-            behaviour = dist_cls.from_logits(batch[Columns.ACTION_DIST_INPUTS])
-            current = dist_cls.from_logits(module.action_dist_inputs(obs))
-            kl = masked_mean(behaviour.kl(current), batch).reshape(1)
-            all_reduce_mean_([kl])
-            kl_value = float(kl)
-            if cfg.kl_rollback and not kl_value <= cfg.target_kl:
-                for p, saved in zip(params, snapshot, strict=True):
-                    p.copy_(saved)
-                self.policy_frozen = True
-        return kl_value
+            for attempt in range(attempts):
+                if attempt:  # undo the previous try, then try half of it
+                    for p, saved in zip(params, snapshot, strict=True):
+                        p.copy_(saved)
+                    step *= 0.5
+                for p, d in zip(params, direction, strict=True):
+                    p.add_(d, alpha=step)
+                current = dist_cls.from_logits(module.action_dist_inputs(obs))
+                kl = masked_mean(behaviour.kl(current), batch).reshape(1)
+                all_reduce_mean_([kl])
+                kl_value = float(kl)
+                if not cfg.kl_rollback or kl_value <= cfg.target_kl:
+                    return kl_value, step, attempt
+            for p, saved in zip(params, snapshot, strict=True):
+                p.copy_(saved)
+            self.policy_frozen = True
+        return kl_value, 0.0, attempts - 1
 
     def _log_step(self, module_id: str, cfg: Any, kfac: KFACPreconditioner,
                   info: dict[str, float], w_reward: float, w_cost: float, quad: float,
