@@ -31,3 +31,47 @@ def assert_same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray],
 def filter_state(algo: Any) -> dict[str, Any]:
     """The driver's observation-filter (MeanStdFilter) state."""
     return algo.get_state()["env_runner"]["env_to_module_connector"]["MeanStdFilter"]
+
+
+def toy_episodes(n: int = 4, length: int = 50, *, logp: float | None = None,
+                 obs_scale: float | None = None) -> list[Any]:
+    """``n`` real ActionCostEnv episodes of ``length`` steps with uniform random actions,
+    as if sampled by the module's initial policy (mean 0, log-std -0.5).
+
+    Equal lengths, so learners get equally sized shards. ``logp`` / ``obs_scale`` make
+    step 3 of the first episode faulty (a given behaviour log-prob, a scaled observation).
+    """
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    from rllib_kfcpo.envs.toy import ActionCostEnv
+
+    env = ActionCostEnv()
+    rng = np.random.default_rng(0)
+    episodes = []
+    for i in range(n):
+        obs, info = env.reset(seed=i)
+        observations, actions, rewards, infos = [obs], [], [], [info]
+        for _ in range(length):
+            action = rng.uniform(-1, 1, size=1).astype(np.float32)
+            obs, reward, _, _, info = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            infos.append(info)
+        logps = [np.float32(-0.5 * (a[0] / np.exp(-0.5)) ** 2 + 0.5 - 0.5 * np.log(2 * np.pi))
+                 for a in actions]
+        if i == 0 and logp is not None:
+            logps[3] = np.float32(logp)
+        if i == 0 and obs_scale is not None:
+            observations[3] = (observations[3] * obs_scale).astype(np.float32)
+        episodes.append(SingleAgentEpisode(
+            observation_space=env.observation_space, action_space=env.action_space,
+            observations=observations, actions=actions, rewards=rewards, infos=infos,
+            truncated=True, len_lookback_buffer=0,
+            extra_model_outputs={
+                Columns.ACTION_DIST_INPUTS: [np.array([0.0, -0.5], np.float32)] * length,
+                Columns.ACTION_LOGP: logps,
+            },
+        ))
+    return episodes

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ray.rllib.core.columns import Columns
-from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rllib_kfcpo import KFCPOConfig
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV, ActionCostEnv
-from tests.helpers import assert_same_weights, learner_weights, results
+from tests.helpers import assert_same_weights, learner_weights, results, toy_episodes
 
 POLICY_KEYS = ("pi.", "log_std")
 
@@ -62,35 +60,6 @@ def test_steps_within_target_kl_are_kept(ray_local):
     assert 0 < stats["kl_quadratic_estimate"] <= 2e-3 * (1 + 1e-6)
 
 
-def fixed_episodes(n: int = 4, length: int = 50) -> list[SingleAgentEpisode]:
-    """Equal-length episodes, so two learners get equally sized shards."""
-    env = ActionCostEnv()
-    rng = np.random.default_rng(0)
-    episodes = []
-    for i in range(n):
-        obs, info = env.reset(seed=i)
-        observations, actions, rewards, infos = [obs], [], [], [info]
-        for _ in range(length):
-            action = rng.uniform(-1, 1, size=1).astype(np.float32)
-            obs, reward, term, trunc, info = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            infos.append(info)
-        episodes.append(SingleAgentEpisode(
-            observation_space=env.observation_space, action_space=env.action_space,
-            observations=observations, actions=actions, rewards=rewards, infos=infos,
-            truncated=True, len_lookback_buffer=0,
-            extra_model_outputs={
-                # Behaviour policy: mean 0, log-std -0.5 (the module's initial policy).
-                Columns.ACTION_DIST_INPUTS: [np.array([0.0, -0.5], np.float32)] * length,
-                Columns.ACTION_LOGP: [np.float32(-0.5 * (a[0] / np.exp(-0.5)) ** 2 + 0.5
-                                                 - 0.5 * np.log(2 * np.pi)) for a in actions],
-            },
-        ))
-    return episodes
-
-
 def update_once(num_learners: int, use_kfac: bool, weights=None):
     config = (
         toy_config(use_kfac=use_kfac)
@@ -106,7 +75,7 @@ def update_once(num_learners: int, use_kfac: bool, weights=None):
     start = group.get_weights()
     # One minibatch = a learner's whole shard, bootstrap rows included (4 episodes of 50
     # steps + 1 bootstrap row each), so no real step is dropped by minibatch slicing.
-    group.update(episodes=fixed_episodes(), timesteps={"safe_episode_cost_mean": 20.0},
+    group.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 20.0},
                  num_epochs=1, minibatch_size=204 // max(num_learners, 1))
     per_learner = results(group.foreach_learner(
         lambda lr: {k: v.detach().cpu().numpy().copy() for k, v in
@@ -135,7 +104,7 @@ def test_checkpoint_restores_kfac_state_and_continues_identically(tmp_path):
     config = toy_config().training(num_epochs=1, minibatch_size=100)
     original = config.build_learner(spaces=spaces)
     timesteps = {"safe_episode_cost_mean": 20.0}
-    original.update(episodes=fixed_episodes(), timesteps=timesteps, num_epochs=1,
+    original.update(episodes=toy_episodes(), timesteps=timesteps, num_epochs=1,
                     minibatch_size=100)
     original.save_to_path(str(tmp_path))
     restored = config.build_learner(spaces=spaces)
@@ -145,7 +114,7 @@ def test_checkpoint_restores_kfac_state_and_continues_identically(tmp_path):
     assert saved.keys() == loaded.keys()
     assert str(saved) == str(loaded)
     for learner in (original, restored):
-        learner.update(episodes=fixed_episodes(), timesteps=timesteps, num_epochs=1,
+        learner.update(episodes=toy_episodes(), timesteps=timesteps, num_epochs=1,
                        minibatch_size=100)
     assert_same_weights(
         {k: v.detach().numpy() for k, v in original.module["default_policy"].state_dict().items()},
@@ -186,7 +155,7 @@ def test_rollback_retries_at_half_the_step_when_that_fits():
 
     def one_step(**training):
         learner = toy_config(**training).training(num_epochs=1).build_learner(spaces=spaces)
-        out = learner.update(episodes=fixed_episodes(), timesteps=timesteps, num_epochs=1,
+        out = learner.update(episodes=toy_episodes(), timesteps=timesteps, num_epochs=1,
                              minibatch_size=204)["default_policy"]
         return {k: float(v.peek()) if hasattr(v, "peek") else v for k, v in out.items()}
 

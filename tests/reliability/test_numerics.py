@@ -15,48 +15,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rllib_kfcpo import KFCPOConfig
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV, ActionCostEnv
+from tests.helpers import toy_episodes
 
 LENGTH = 50
 MINIBATCH = 4 * (LENGTH + 1)  # four episodes plus one bootstrap row each: one minibatch
 
 
-def episodes(logp: float | None = None, obs_scale: float | None = None
-             ) -> list[SingleAgentEpisode]:
+def episodes(logp: float | None = None, obs_scale: float | None = None) -> list[Any]:
     """Four real toy-env episodes; optionally one behaviour log-prob or observation faulty."""
-    env = ActionCostEnv()
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(4):
-        obs, info = env.reset(seed=i)
-        observations, actions, rewards, infos = [obs], [], [], [info]
-        for _ in range(LENGTH):
-            action = rng.uniform(-1, 1, size=1).astype(np.float32)
-            obs, reward, _, _, info = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            infos.append(info)
-        logps = [np.float32(-0.5 * (a[0] / np.exp(-0.5)) ** 2 + 0.5 - 0.5 * np.log(2 * np.pi))
-                 for a in actions]
-        if i == 0 and logp is not None:
-            logps[3] = np.float32(logp)
-        if i == 0 and obs_scale is not None:
-            observations[3] = (observations[3] * obs_scale).astype(np.float32)
-        out.append(SingleAgentEpisode(
-            observation_space=env.observation_space, action_space=env.action_space,
-            observations=observations, actions=actions, rewards=rewards, infos=infos,
-            truncated=True, len_lookback_buffer=0,
-            extra_model_outputs={
-                Columns.ACTION_DIST_INPUTS: [np.array([0.0, -0.5], np.float32)] * LENGTH,
-                Columns.ACTION_LOGP: logps,
-            },
-        ))
-    return out
+    return toy_episodes(4, LENGTH, logp=logp, obs_scale=obs_scale)
 
 
 @pytest.fixture
