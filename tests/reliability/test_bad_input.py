@@ -58,6 +58,7 @@ BAD_VALUES = [
     (KFCPOConfig, "training", "kfac_decay", 1.0, "in (0, 1)"),
     (KFCPOConfig, "training", "kfac_decay", 0.0, "in (0, 1)"),
     (KFCPOConfig, "training", "kfac_burn_in", -1, "integer >= 0"),
+    (KFCPOConfig, "training", "rollback_backtracks", -1, "an integer in [0, 20]"),
     (KFCPOConfig, "training", "target_kl", 0.0, "finite number > 0"),
     (KFCPOConfig, "training", "trust_region_kl", -1e-3, "finite number > 0"),
     (KFCPOConfig, "training", "max_step_size", math.inf, "finite number > 0"),
