@@ -19,6 +19,7 @@ import numpy as np
 
 from rllib_kfcpo.envs import fast_reset
 from rllib_kfcpo.envs.compat import applied_fixes, import_safety_gymnasium
+from rllib_kfcpo.safe.callbacks import NonFiniteEnvDataError
 
 __all__ = [
     "NonFiniteEnvOutputError",
@@ -31,8 +32,8 @@ __all__ = [
 ]
 
 
-class NonFiniteEnvOutputError(ValueError):
-    """An env returned a NaN or infinite observation, reward or cost."""
+#: The same error the env runners raise for any env's NaN/inf data (one class to catch).
+NonFiniteEnvOutputError = NonFiniteEnvDataError
 
 
 def check_finite(env_id: str, step: int, obs: Any, reward: float | None = None,

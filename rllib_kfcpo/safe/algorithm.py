@@ -60,18 +60,6 @@ class LearnerFailureError(RuntimeError):
     """A learner actor died during an update."""
 
 
-def _env_data_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean the env's data is bad: restarting the env runner cannot help."""
-    errors: list[type[BaseException]] = [MissingCostError, NonFiniteEnvDataError]
-    try:
-        from rllib_kfcpo.envs import NonFiniteEnvOutputError
-
-        errors.append(NonFiniteEnvOutputError)
-    except ImportError:  # pragma: no cover - the envs module always ships
-        pass
-    return tuple(errors)
-
-
 def check_cluster_resources(config: Any, *, include_main_process: bool = False) -> None:
     """Raises :class:`ClusterResourceError` if the running Ray cluster cannot host ``config``.
 
@@ -175,7 +163,7 @@ def _sample_on_runner(runner: Any) -> tuple[Any, Any, BaseException | None]:
     """Runs on an env runner: samples, returning bad-env-data errors instead of dying."""
     try:
         return runner.sample(), runner.get_metrics(), None
-    except _env_data_errors() as err:
+    except (MissingCostError, NonFiniteEnvDataError) as err:
         return None, None, err
 
 
