@@ -15,11 +15,10 @@ import functools
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 
 from rllib_kfcpo.envs import fast_reset
 from rllib_kfcpo.envs.compat import applied_fixes, import_safety_gymnasium
-from rllib_kfcpo.safe.callbacks import NonFiniteEnvDataError
+from rllib_kfcpo.safe.callbacks import NonFiniteEnvDataError, check_finite_step, read_step_cost
 
 __all__ = [
     "NonFiniteEnvOutputError",
@@ -34,27 +33,6 @@ __all__ = [
 
 #: The same error the env runners raise for any env's NaN/inf data (one class to catch).
 NonFiniteEnvOutputError = NonFiniteEnvDataError
-
-
-def check_finite(env_id: str, step: int, obs: Any, reward: float | None = None,
-                 cost: float | None = None) -> None:
-    """Raises :class:`NonFiniteEnvOutputError` naming the env, the step and the value."""
-    values = {"reward": reward, "cost": cost}
-    for name, value in values.items():
-        if value is not None and not np.isfinite(value):
-            raise NonFiniteEnvOutputError(
-                f"Env {env_id!r} returned a non-finite {name} ({value!r}) at step {step} of "
-                "the episode. It was stopped before reaching the networks; check the env's "
-                f"{name} function (or its physics: a diverged simulation gives NaN)."
-            )
-    flat = np.asarray(obs, dtype=np.float64) if not isinstance(obs, dict) else None
-    if flat is not None and not np.isfinite(flat).all():
-        where = np.flatnonzero(~np.isfinite(flat.reshape(-1)))[:5].tolist()
-        raise NonFiniteEnvOutputError(
-            f"Env {env_id!r} returned a non-finite observation at step {step} of the episode "
-            f"(entries {where}). It was stopped before reaching the networks; check the "
-            "env's physics or observation function."
-        )
 
 
 class SafetyGymnasiumEnv(gym.Wrapper):
@@ -81,7 +59,7 @@ class SafetyGymnasiumEnv(gym.Wrapper):
             if world is not None:
                 setattr(world, fast_reset.REUSE_ATTRIBUTE, True)
         self._elapsed = 0
-        check_finite(self.env_id, 0, obs)
+        check_finite_step(obs, None, where=f" {self.env_id!r} (reset)", step=0)
         info = dict(info)
         info.setdefault("cost", 0.0)
         return obs, info
@@ -89,11 +67,12 @@ class SafetyGymnasiumEnv(gym.Wrapper):
     def step(self, action):  # noqa: D102
         obs, reward, cost, terminated, truncated, info = self.env.step(action)
         self._elapsed += 1
-        check_finite(self.env_id, self._elapsed, obs, float(reward), float(cost))
+        where = f" {self.env_id!r}"
+        check_finite_step(obs, reward, where=where, step=self._elapsed)
+        info = {**info, "cost": cost}
+        info["cost"] = read_step_cost(info, where=f"{where} at step {self._elapsed}")
         if self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps:
             truncated = True
-        info = dict(info)
-        info["cost"] = float(cost)
         return obs, float(reward), bool(terminated), bool(truncated), info
 
 
