@@ -59,28 +59,57 @@ class ProgressPrinter(tune.Callback):
         print(progress_line(result, limit, label), flush=True)
 
 
+def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | None,
+                     checkpoint_freq: int | None, resume: bool) -> tuple[str, str]:
+    """What `rllib train` and `rllib tune` do before Tune starts; returns
+    ``(storage root, experiment dir)``.
+
+    Refuses ``resume`` when there is no Tune experiment to restore, saves Tune's
+    experiment state every loop step when checkpointing (Tune's default is at most every
+    10 s, so a killed driver could resume from an older checkpoint than the newest on
+    disk; overridable by setting ``TUNE_GLOBAL_CHECKPOINT_S``), starts or joins Ray, and
+    checks that one trial fits the cluster (before Tune queues a trial that could never
+    start).
+
+    Raises:
+        ExperimentError: nothing to resume, or the trial does not fit the cluster.
+    """
+    import ray
+
+    from rllib_kfcpo.cli.experiment import ExperimentError
+    from rllib_kfcpo.safe.algorithm import ClusterResourceError, check_cluster_resources
+
+    storage = str(Path(storage_path or os.path.join(os.getcwd(), "results")).resolve())
+    exp_dir = os.path.join(storage, name)
+    if resume and not tune.Tuner.can_restore(exp_dir):
+        raise ExperimentError(
+            f"Nothing to resume in {exp_dir!r}: no Tune experiment state there. Give the "
+            "same --storage-path (and --name) as the interrupted run, or drop --resume."
+        )
+    if checkpoint_freq:
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    try:
+        check_cluster_resources(config, include_main_process=True)
+    except ClusterResourceError as err:
+        raise ExperimentError(f"[{label}] {err}") from err
+    return storage, exp_dir
+
+
 def run_experiment(exp: Experiment, *, storage_path: str | None = None,
                    checkpoint_freq: int | None = None, resume: bool = False,
                    extra_stop: dict[str, Any] | None = None) -> Any:
     """Trains one experiment with Tune (one trial per seed); returns the ResultGrid."""
-    import ray
-
     config = exp.build_config()
     param_space = config.to_dict()
     if exp.seeds:
         param_space["seed"] = tune.grid_search(exp.seeds)
     stop = {**exp.stop, **(extra_stop or {})}
-    storage = str(Path(storage_path or os.path.join(os.getcwd(), "results")).resolve())
     freq = exp.checkpoint_freq if checkpoint_freq is None else checkpoint_freq
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    from rllib_kfcpo.cli.experiment import ExperimentError
-    from rllib_kfcpo.safe.algorithm import ClusterResourceError, check_cluster_resources
-
-    try:  # before Tune queues a trial that could never start
-        check_cluster_resources(config, include_main_process=True)
-    except ClusterResourceError as err:
-        raise ExperimentError(f"[{exp.name}] {err}") from err
+    storage, exp_dir = prepare_tune_run(config, label=exp.name, name=exp.name,
+                                        storage_path=storage_path, checkpoint_freq=freq,
+                                        resume=resume)
     started = time.time()
     print(f"== {exp.name}: {exp.run} on {exp.env}, cost limit {config.cost_limit:g}, "
           f"stop {stop}, results in {storage}/{exp.name}", flush=True)
@@ -95,14 +124,7 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
         ),
         failure_config=tune.FailureConfig(max_failures=1),
     )
-    exp_dir = os.path.join(storage, exp.name)
-    if freq:
-        # Tune saves its experiment state (which checkpoint each trial has) at most every
-        # 10 s by default, so a killed driver could resume from an older checkpoint than
-        # the newest one on disk. Saving it every loop step bounds the loss after a crash
-        # to one checkpoint interval (see docs/reliability.md). Overridable.
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    if resume and tune.Tuner.can_restore(exp_dir):
+    if resume:
         tuner = tune.Tuner.restore(exp_dir, trainable=exp.run, resume_errored=True,
                                    param_space=param_space)
     else:

@@ -26,17 +26,22 @@ are kept, running ones continue from their last checkpoint, pending ones start.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.rllib.utils import force_list
 
 from rllib_kfcpo.cli.experiment import Experiment, ExperimentError
-from rllib_kfcpo.cli.run import COST_KEY, RETURN_KEY, STEPS_KEY, ProgressPrinter, _get
+from rllib_kfcpo.cli.run import (
+    COST_KEY,
+    RETURN_KEY,
+    STEPS_KEY,
+    ProgressPrinter,
+    _get,
+    prepare_tune_run,
+)
 from rllib_kfcpo.safe.callbacks import SafeMetricsCallback
 
 OBJECTIVE_KEY = "constrained_objective"
@@ -168,8 +173,6 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
         resume: continue the interrupted search in ``<storage_path>/<name>``.
         extra_callbacks: more Tune callbacks (the tests interrupt a search with one).
     """
-    import ray
-
     spec = dict(DEFAULT_SEARCH_SPACE if search is None else search)
     space = parse_search_space(spec)
     _check_search_keys(exp, spec)
@@ -178,20 +181,9 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
     config = _with_objective_callback(exp.build_config())
     param_space = {**config.to_dict(), **space}
     name = name or f"{exp.name}-search"
-    storage = str(Path(storage_path or os.path.join(os.getcwd(), "results")).resolve())
-    exp_dir = os.path.join(storage, name)
-    if resume and not tune.Tuner.can_restore(exp_dir):
-        raise ExperimentError(
-            f"Nothing to resume in {exp_dir!r}: no Tune experiment state there. Give the "
-            "same --storage-path and --name as the interrupted search (or drop --resume)."
-        )
-    if checkpoint_freq:
-        # As `rllib train` does: save Tune's experiment state every loop step (default: at
-        # most every 10 s), so a resume after a killed driver loses at most one checkpoint
-        # interval. Overridable by setting the variable.
-        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    storage, exp_dir = prepare_tune_run(config, label=exp.name, name=name,
+                                        storage_path=storage_path,
+                                        checkpoint_freq=checkpoint_freq, resume=resume)
     started = time.time()
     if resume:
         print(f"== resuming search {exp_dir}", flush=True)

@@ -97,3 +97,11 @@ def test_tune_bad_search_space(capsys):
 def test_tune_file_with_wrong_source(capsys):
     code, err = run_cli(capsys, "tune", "fil", "tuned_examples/kfcpo/safety-point-goal1.yaml")
     assert code == 2 and "usage: rllib tune file <tuned_example.yaml>" in err
+
+
+def test_train_resume_without_a_run_is_refused(tmp_path, capsys):
+    """`rllib train --resume` never silently starts a fresh run in the wrong place."""
+    code, err = run_cli(capsys, "train", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--storage-path", str(tmp_path), "--resume")
+    assert code == 2
+    assert "Nothing to resume" in err and str(tmp_path) in err
