@@ -44,13 +44,9 @@ def apply_smoke(exp: Experiment, user_config: dict[str, Any] | None = None) -> N
     """Shrinks ``exp`` to :data:`SMOKE_CONFIG` budgets; ``user_config`` keys still win."""
     user_config = user_config or {}
     exp.config.update({k: v for k, v in SMOKE_CONFIG.items() if k not in user_config})
-    try:
-        from rllib_kfcpo.envs import safety_task_ids
+    from rllib_kfcpo.envs import safety_task_ids
 
-        is_safety_task = exp.env in safety_task_ids()
-    except ImportError:
-        is_safety_task = False
-    if is_safety_task:
+    if exp.env in safety_task_ids():
         env_config = dict(exp.config.get("env_config") or {})
         env_config.setdefault("max_episode_steps", SMOKE_EPISODE_STEPS)
         exp.config["env_config"] = env_config
