@@ -40,6 +40,12 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
+#: Layer types whose forward pass is the same in train and eval mode. A module made only
+#: of these (plus containers) can skip RLlib's per-call ``eval()``/``train()`` toggling.
+_MODE_INDEPENDENT_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Sequential, nn.Linear, nn.Identity, *_ACTIVATIONS.values(),
+)
+
 
 def build_mlp(
     in_dim: int, hidden_sizes: Sequence[int], out_dim: int, activation: str, out_gain: float
@@ -86,6 +92,46 @@ class SafeActorCriticTorchModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyA
         if not self.inference_only:
             self.vf = build_mlp(obs_dim, hidden, 1, cfg["fcnet_activation"], out_gain=1.0)
             self.cvf = build_mlp(obs_dim, hidden, 1, cfg["fcnet_activation"], out_gain=1.0)
+
+    def has_mode_dependent_layers(self) -> bool:
+        """Whether any submodule is not known to behave the same in train and eval mode.
+
+        Computed once per module (layers are built in ``setup``) and cached. ``False`` for
+        this module's own MLPs (``nn.Linear`` and activations only); a subclass that adds
+        e.g. dropout or batch norm gets ``True`` and RLlib's mode toggling back.
+        """
+        cached = self.__dict__.get("_mode_dependent_cache")
+        if cached is None:
+            cached = any(
+                not isinstance(m, _MODE_INDEPENDENT_LAYERS)
+                for m in self.modules() if m is not self
+            )
+            self.__dict__["_mode_dependent_cache"] = cached
+        return cached
+
+    @override(TorchRLModule)
+    def forward_exploration(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """RLlib's ``forward_exploration`` without its per-call ``eval()``/``train()``.
+
+        ``TorchRLModule.forward_exploration`` calls ``self.eval()`` and then ``self.train()``
+        around every sampling forward pass when the module is in training mode (as it is
+        on env runners), each a recursive walk over all submodules: about half of the
+        module's share of the per-step sampling cost. Our networks contain only
+        ``nn.Linear`` layers and activations, whose output does not depend on the mode,
+        so the walk changes nothing but time; the forward pass itself (``no_grad``,
+        ``_forward_exploration``, possibly ``torch.compile``-d) is RLlib's. Subclasses with
+        mode-dependent layers (see :meth:`has_mode_dependent_layers`) keep the toggling.
+        """
+        if self.has_mode_dependent_layers():
+            return super().forward_exploration(batch, **kwargs)
+        return self._forward_exploration(batch, **kwargs)
+
+    @override(TorchRLModule)
+    def forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        """RLlib's ``forward_inference`` without the mode toggling (see ``forward_exploration``)."""
+        if self.has_mode_dependent_layers():
+            return super().forward_inference(batch, **kwargs)
+        return self._forward_inference(batch, **kwargs)
 
     @override(TorchRLModule)
     def get_inference_action_dist_cls(self) -> type[TorchDiagGaussian]:

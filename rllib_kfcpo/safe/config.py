@@ -21,7 +21,12 @@ from ray.rllib.utils.annotations import override
 
 from rllib_kfcpo.modules.safe_actor_critic import SafeActorCriticTorchModule
 from rllib_kfcpo.safe.callbacks import SafeMetricsCallback
-from rllib_kfcpo.safe.connectors import AddCostsToBatch
+from rllib_kfcpo.safe.connectors import (
+    DEFAULT_CONNECTOR_TIMING_INTERVAL,
+    AddCostsToBatch,
+    SampledTimingEnvToModulePipeline,
+    SampledTimingModuleToEnvPipeline,
+)
 
 
 class SafeAlgorithmConfig(PPOConfig):
@@ -35,6 +40,9 @@ class SafeAlgorithmConfig(PPOConfig):
         self.cost_lambda = 0.95
         self.cost_vf_loss_coeff = 1.0
         self.normalize_observations = True
+        # Env runners record their connector-pipeline timers on 1 call in this many
+        # (sampling cost; see rllib_kfcpo.safe.connectors). 1 = every call, like RLlib.
+        self.connector_timing_interval = DEFAULT_CONNECTOR_TIMING_INTERVAL
         # OmniSafe protocol defaults for the shared machinery.
         self.gamma = 0.99
         self.lambda_ = 0.95
@@ -88,6 +96,19 @@ class SafeAlgorithmConfig(PPOConfig):
         self.normalize_observations = enabled
         return self
 
+    def connector_timing(self, interval: int = DEFAULT_CONNECTOR_TIMING_INTERVAL
+                         ) -> SafeAlgorithmConfig:
+        """How often the env runners' connector pipelines record their timing metrics.
+
+        RLlib times every env-to-module and module-to-env pipeline call and each of their
+        pieces (14 timers per env step), a large share of the per-step sampling cost on
+        fast envs. With ``interval=n`` one call in n is timed (the metrics keep their keys
+        and per-call means); the sampled data is the same for every ``n``. ``1`` restores
+        RLlib's behaviour.
+        """
+        self.connector_timing_interval = interval
+        return self
+
     @override(PPOConfig)
     def get_default_rl_module_spec(self) -> RLModuleSpec:
         return RLModuleSpec(module_class=SafeActorCriticTorchModule)
@@ -97,7 +118,14 @@ class SafeAlgorithmConfig(PPOConfig):
         pipeline = super().build_env_to_module_connector(env=env, spaces=spaces, device=device)
         if self.normalize_observations:
             pipeline.prepend(MeanStdFilter(multi_agent=False))
-        return pipeline
+        return SampledTimingEnvToModulePipeline.from_pipeline(
+            pipeline, self.connector_timing_interval)
+
+    @override(PPOConfig)
+    def build_module_to_env_connector(self, env=None, spaces=None):
+        pipeline = super().build_module_to_env_connector(env=env, spaces=spaces)
+        return SampledTimingModuleToEnvPipeline.from_pipeline(
+            pipeline, self.connector_timing_interval)
 
     @override(PPOConfig)
     def build_learner_connector(self, input_observation_space, input_action_space, device=None):
@@ -151,6 +179,13 @@ class SafeAlgorithmConfig(PPOConfig):
                     f"{method}({name}={value!r}) is invalid: {name} must be a number "
                     f">= {minimum}."
                 )
+
+        interval = self.connector_timing_interval
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            self._value_error(
+                f"connector_timing(interval={interval!r}) is invalid: it must be an integer "
+                ">= 1 (1 = time every connector call, RLlib's behaviour)."
+            )
 
         sizes = [("train_batch_size", self.train_batch_size),
                  ("minibatch_size", self.minibatch_size),
