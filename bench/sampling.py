@@ -10,6 +10,12 @@ weight sync), and prints both as ratios to ``R x raw``:
     .venv/bin/python bench/sampling.py                       # PointGoal1 + HalfCheetah
     .venv/bin/python bench/sampling.py --layouts 1x1,1x4,2x4 --envs SafetyPointGoal1-v0
     .venv/bin/python bench/sampling.py --smoke               # tiny, for the test suite
+    .venv/bin/python bench/sampling.py --rllib-path          # + RLlib's per-step path
+
+``--rllib-path`` measures each layout a second time, right after, with RLlib's own
+per-step path instead of the package's sampling fixes (connector timers on every call,
+``connector_timing(1)``; the module's forward passes with RLlib's ``eval()``/``train()``
+toggling): the before/after comparison of docs/benchmarks.md, section 2, in one run.
 
 ``R x raw`` is only a ceiling when the machine has at least ``R`` free cores: the script
 prints ``nproc`` and the load average so the reader can tell.
@@ -22,6 +28,16 @@ import os
 import time
 
 import ray
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from rllib_kfcpo.modules.safe_actor_critic import SafeActorCriticTorchModule
+
+
+class RLlibForwardModule(SafeActorCriticTorchModule):
+    """Our module with RLlib's own forward passes (per-call eval()/train()): the old path."""
+
+    forward_exploration = TorchRLModule.forward_exploration
+    forward_inference = TorchRLModule.forward_inference
 
 
 def raw_rate(env_id: str, steps: int, env_config: dict, seed: int = 0) -> float:
@@ -42,8 +58,15 @@ def raw_rate(env_id: str, steps: int, env_config: dict, seed: int = 0) -> float:
 
 
 def sampler_rates(env_id: str, runners: int, envs_per_runner: int, steps: int,
-                  iterations: int, env_config: dict) -> tuple[float, float]:
-    """(sampling-only steps/s, whole-iteration steps/s) of a KFCPO algorithm."""
+                  iterations: int, env_config: dict, rllib_path: bool = False
+                  ) -> tuple[float, float]:
+    """(sampling-only steps/s, whole-iteration steps/s) of a KFCPO algorithm.
+
+    ``rllib_path``: RLlib's per-step path instead of the package's sampling fixes (see the
+    module docstring); the sampled data is the same either way.
+    """
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
     from rllib_kfcpo import KFCPOConfig
 
     config = (
@@ -53,6 +76,9 @@ def sampler_rates(env_id: str, runners: int, envs_per_runner: int, steps: int,
                      rollout_fragment_length="auto")
         .training(train_batch_size=steps, minibatch_size=min(2000, steps), num_epochs=1)
     )
+    if rllib_path:
+        config.connector_timing(1).rl_module(
+            rl_module_spec=RLModuleSpec(module_class=RLlibForwardModule))
     algo = config.build_algo()
     try:
         per_runner = steps // runners
@@ -87,6 +113,9 @@ def main() -> None:
     parser.add_argument("--reuse-compiled-model", choices=("off", "on", "both"), default="both",
                         help="navigation envs' fast reset (rllib_kfcpo.envs.fast_reset): "
                              "measure without it, with it, or both (default)")
+    parser.add_argument("--rllib-path", action="store_true",
+                        help="also measure every layout with RLlib's per-step path (the "
+                             "state before the package's sampling fixes), right after")
     args = parser.parse_args()
     import rllib_kfcpo  # noqa: F401
 
@@ -99,7 +128,9 @@ def main() -> None:
     print(f"nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start; "
           f"{steps} steps per measurement, {iterations} training iteration(s)", flush=True)
     print(f"{'env':>30} | {'reuse':>5} | {'R':>2} | {'V':>2} | {'raw/s':>8} | "
-          f"{'sample/s':>9} | {'ratio':>6} | {'iter/s':>8} | {'ratio':>6}", flush=True)
+          f"{'sample/s':>9} | {'ratio':>6} | {'iter/s':>8} | {'ratio':>6}"
+          + (f" | {'rllib sample/s':>14} | {'ratio':>6} | {'rllib iter/s':>12} | "
+             f"{'ratio':>6}" if args.rllib_path else ""), flush=True)
     reuse_modes = {"off": [False], "on": [True], "both": [False, True]}[
         args.reuse_compiled_model]
     for env_id in envs:
@@ -111,10 +142,16 @@ def main() -> None:
                 raw = raw_rate(env_id, raw_steps, env_config)
                 sampling, whole = sampler_rates(env_id, runners, vec, steps, iterations,
                                                 env_config)
-                print(f"{env_id:>30} | {'on' if reuse else 'off':>5} | {runners:>2} | "
-                      f"{vec:>2} | {raw:8.0f} | {sampling:9.0f} | "
-                      f"{sampling / (runners * raw):6.2f} | {whole:8.0f} | "
-                      f"{whole / (runners * raw):6.2f}", flush=True)
+                row = (f"{env_id:>30} | {'on' if reuse else 'off':>5} | {runners:>2} | "
+                       f"{vec:>2} | {raw:8.0f} | {sampling:9.0f} | "
+                       f"{sampling / (runners * raw):6.2f} | {whole:8.0f} | "
+                       f"{whole / (runners * raw):6.2f}")
+                if args.rllib_path:
+                    old_sampling, old_whole = sampler_rates(
+                        env_id, runners, vec, steps, iterations, env_config, rllib_path=True)
+                    row += (f" | {old_sampling:14.0f} | {old_sampling / (runners * raw):6.2f}"
+                            f" | {old_whole:12.0f} | {old_whole / (runners * raw):6.2f}")
+                print(row, flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at end; target: sample/s >= 0.80 x "
           "(R x raw)")
     ray.shutdown()
