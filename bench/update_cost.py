@@ -14,14 +14,16 @@ the same number of steps).
 
 The KFCPO breakdown is measured in the same run by timing its phases:
 
-- ``fisher``: the extra policy forward/backward of ``-mean log pi(a~|s)`` (factor capture);
+- ``grads``: the policy's one forward and one backward that give the reward gradient,
+  the cost gradient and the per-sample Fisher statistics (what any policy-gradient method
+  pays, not K-FAC's share);
 - ``factors``: batch factors ``A = a^T a / n``, ``G = g^T g / n`` and the running average;
 - ``eigh``: eigendecomposition of every factor (every minibatch);
-- ``precond``: ``F^-1 g`` for the reward and the cost gradient;
+- ``precond``: ``F^-1 g`` for the reward and the cost gradient, with their Fisher Gram;
 
-``K-FAC share`` is their sum over the update's wall time. Torch runs with ``--threads``
-intra-op threads (default 1: on a shared 2-core machine more threads than free cores
-makes every matmul wait for the others and the timings meaningless).
+``K-FAC share`` is the sum of the last three over the update's wall time. Torch runs
+with ``--threads`` intra-op threads (default 1: on a shared 2-core machine more threads
+than free cores makes every matmul wait for the others and the timings meaningless).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from rllib_kfcpo import KFCPOConfig, PPOLagConfig
 
-PHASES = ("fisher", "factors", "eigh", "precond")
+PHASES = ("grads", "factors", "eigh", "precond")
+KFAC_PHASES = PHASES[1:]
 TIMESTEPS = {"safe_episode_cost_mean": 20.0}
 
 
@@ -71,13 +74,13 @@ def episodes(obs_dim: int, act_dim: int, n_episodes: int, length: int,
 
 
 class PhaseTimer:
-    """Times KFCPO's K-FAC phases of one learner (wraps its Fisher pass, reads the
+    """Times KFCPO's phases of one learner (wraps its policy-gradient pass, reads the
     preconditioner's own per-phase clocks)."""
 
     def __init__(self, learner: Any) -> None:
         self.kfac = learner.kfac["default_policy"]
-        self.fisher = 0.0
-        original = learner._update_curvature
+        self.grads = 0.0
+        original = learner._policy_gradients
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -85,16 +88,14 @@ class PhaseTimer:
             try:
                 return original(*args, **kwargs)
             finally:
-                self.fisher += time.perf_counter() - started
+                self.grads += time.perf_counter() - started
 
-        learner._update_curvature = timed
+        learner._policy_gradients = timed
 
     def snapshot(self) -> dict[str, float]:
         """Cumulative seconds per phase so far."""
         s = self.kfac.seconds
-        # The Fisher pass includes update_factors (capture_fold + eigh): subtract them.
-        return {"fisher": self.fisher - s["capture_fold"] - s["eigh"],
-                "factors": s["capture_fold"], "eigh": s["eigh"],
+        return {"grads": self.grads, "factors": s["capture_fold"], "eigh": s["eigh"],
                 "precond": s["precondition"]}
 
 
@@ -135,7 +136,7 @@ def compare(hidden: list[int], eps: list, spaces: dict, n_steps: int, minibatch:
     out = {"ppo": statistics.median(t_ppo), "kfcpo": statistics.median(t_kf),
            "ratio": statistics.median(k / p for k, p in zip(t_kf, t_ppo, strict=True))}
     out.update({p: statistics.median(v) for p, v in shares.items()})
-    out["kfac"] = sum(out[p] for p in PHASES)
+    out["kfac"] = sum(out[p] for p in KFAC_PHASES)
     return out
 
 
@@ -160,12 +161,12 @@ def main() -> None:
           f"obs 60, act 2, torch threads {torch.get_num_threads()}, median of {repeats} "
           "interleaved repeats", flush=True)
     print(f"{'network':>10} | {'PPOLag s':>9} | {'KFCPO s':>9} | {'KFCPO/PPOLag':>12} | "
-          f"{'K-FAC share':>11} | {'fisher':>6} | {'factors':>7} | {'eigh':>6} | "
+          f"{'K-FAC share':>11} | {'grads':>6} | {'factors':>7} | {'eigh':>6} | "
           f"{'precond':>7}")
     for hidden in sizes:
         r = compare(hidden, eps, spaces, n_eps * length, minibatch, epochs, repeats)
         print(f"{'x'.join(map(str, hidden)):>10} | {r['ppo']:9.3f} | {r['kfcpo']:9.3f} | "
-              f"{r['ratio']:12.2f} | {r['kfac']:11.1%} | {r['fisher']:6.1%} | "
+              f"{r['ratio']:12.2f} | {r['kfac']:11.1%} | {r['grads']:6.1%} | "
               f"{r['factors']:7.1%} | {r['eigh']:6.1%} | {r['precond']:7.1%}", flush=True)
     print("target: KFCPO/PPOLag <= 1.15")
 

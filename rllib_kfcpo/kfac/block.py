@@ -12,7 +12,9 @@ product (kfac-pytorch's default) gives EXACTLY the damped natural gradient
     (A (x) G + damping I)^-1 vec(V) = vec( Qg [ (Qg^T V Qa) / (lg la^T + damping) ] Qa^T ).
 
 The Fisher metric uses the undamped factors: ``<U, V>_F = vec(U)^T (A (x) G) vec(V)
-= sum(U * (G V A))``.
+= sum(U * (G V A))``. For natural gradients the metric is free in the eigenbasis: with
+``S_k = (Qg^T V_k Qa) / (lg la^T + damping)`` (the rotated natural gradient),
+``<N_k, N_l>_F = sum(S_k * (lg la^T) * S_l)`` (:meth:`KroneckerBlock.natural_gram`).
 
 :class:`DiagonalBlock` is a parameter whose exact Fisher is diagonal (a Gaussian's
 state-independent log-std: ``E[(z^2 - 1)^2] = 2`` per dimension): ``F^-1 g = g / (f + damping)``
@@ -124,6 +126,25 @@ class KroneckerBlock:
         rotated = rotated / (self.lg.unsqueeze(1) * self.la.unsqueeze(0) + damping)
         return self.split(self.qg @ rotated @ self.qa.T)
 
+    def natural_gram(self, mats: torch.Tensor, *,
+                     damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Natural gradients of K gradients at once, and their Fisher Gram matrix.
+
+        Args:
+            mats: ``(K, out, in+1)`` gradient matrices (:meth:`matrix` of each).
+            damping: as in :meth:`precondition`.
+
+        Returns:
+            ``(naturals, gram)``: ``(K, out, in+1)`` damped natural gradients (each equal to
+            :meth:`precondition` of its gradient) and the ``(K, K)`` matrix of
+            ``<N_k, N_l>_F`` in the metric of the decomposed factors (equal to :meth:`inner`
+            when the decomposition is of the current ``A``, ``G``).
+        """
+        eig = self.lg.unsqueeze(1) * self.la.unsqueeze(0)
+        rotated = (self.qg.T @ mats @ self.qa) / (eig + damping)
+        gram = torch.einsum("kij,lij->kl", rotated * eig, rotated)
+        return self.qg @ rotated @ self.qa.T, gram
+
     def inner(self, u: Sequence[torch.Tensor | None],
               v: Sequence[torch.Tensor | None]) -> torch.Tensor:
         """``vec(U)^T (A (x) G) vec(V) = sum(U * (G V A))`` (undamped factors).
@@ -144,18 +165,24 @@ class KroneckerBlock:
 
     # --- State --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Copies of the running factors."""
-        return {"A": self.A.clone(), "G": self.G.clone()}
+        """Copies of the running factors and of the decomposition in use."""
+        return {"A": self.A.clone(), "G": self.G.clone(), "la": self.la.clone(),
+                "qa": self.qa.clone(), "lg": self.lg.clone(), "qg": self.qg.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restores the factors and recomputes the eigendecompositions."""
+        """Restores the factors and the decomposition in use (recomputed from the factors
+        when the state has none, as in states written before it was saved)."""
         for name, current in (("A", self.A), ("G", self.G)):
             if tuple(state[name].shape) != tuple(current.shape):
                 raise ValueError(f"K-FAC factor {name} has shape {tuple(state[name].shape)} "
                                  f"in the state, {tuple(current.shape)} in this layer.")
         self.A.copy_(state["A"])
         self.G.copy_(state["G"])
-        self.decompose()
+        if "la" in state:
+            self.set_decomposition(tuple(state[k].to(self.A).clone()
+                                         for k in ("la", "qa", "lg", "qg")))
+        else:
+            self.decompose()
 
 
 class DiagonalBlock:
@@ -183,6 +210,14 @@ class DiagonalBlock:
     def precondition(self, grad: torch.Tensor, *, damping: float) -> torch.Tensor:
         """``g / (f + damping)``."""
         return grad / (self.fisher + damping)
+
+    def natural_gram(self, grads: torch.Tensor, *,
+                     damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, *shape)`` gradients -> their natural gradients and ``(K, K)`` Fisher Gram."""
+        naturals = grads / (self.fisher + damping)
+        flat = naturals.reshape(naturals.shape[0], -1)
+        weighted = (naturals * self.fisher).reshape(naturals.shape[0], -1)
+        return naturals, weighted @ flat.T
 
     def inner(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``sum(u * f * v)``."""

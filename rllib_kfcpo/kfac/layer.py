@@ -16,10 +16,18 @@ batch, so the gradient autograd hands to the layer output is ``g / n``: it is mu
 ``n`` before forming ``G``. Inputs with extra leading dimensions (``(B, T, in)``) are
 flattened to ``(B*T, in)``; the mean must then be over all ``B*T`` rows.
 
-The hooks (a forward-pre hook for ``a``, a full backward hook for ``g``, as in
-kfac-pytorch) exist only between :meth:`LinearStatistics.start_capture` and
-:meth:`LinearStatistics.stop_capture`; outside that window the layer carries no hook at all,
-and a backward that runs later through a graph built inside the window is ignored too.
+Two ways to read ``a`` and ``g``:
+
+- **capture** (kfac-pytorch style): a forward-pre hook for ``a`` and a full backward hook
+  for ``g`` exist only between :meth:`LinearStatistics.start_capture` and
+  :meth:`LinearStatistics.stop_capture`; outside that window the layer carries no hook at
+  all, and a backward that runs later through a graph built inside the window is ignored.
+- **record**: a forward hook keeps ``a`` and the layer output ``z`` (still in the graph)
+  between :meth:`LinearStatistics.start_recording` and
+  :meth:`LinearStatistics.stop_recording`; the caller differentiates with respect to ``z``
+  itself (one backward for several losses, see ``KFACPreconditioner.score_gradients``),
+  forms parameter gradients with :meth:`LinearStatistics.weight_gradients` and hands the
+  per-sample ``g`` back with :meth:`LinearStatistics.set_statistics`.
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ class LinearStatistics:
         self._handles: list[RemovableHandle] = []
         self._inputs: torch.Tensor | None = None
         self._grads: torch.Tensor | None = None
+        self._recording = False
+        self._output: torch.Tensor | None = None
 
     # --- Capture window -----------------------------------------------------------------
     @property
@@ -80,8 +90,53 @@ class LinearStatistics:
         self._handles = []
 
     def clear(self) -> None:
-        """Forgets the captured input and output gradient."""
-        self._inputs = self._grads = None
+        """Forgets the captured (or recorded) input, output and output gradient."""
+        self._inputs = self._grads = self._output = None
+
+    # --- Record window --------------------------------------------------------------------
+    def start_recording(self) -> None:
+        """Clears any previous capture and records the next differentiable forward."""
+        if self._capturing or self._recording:
+            raise RuntimeError(f"{self.layer}: already capturing or recording.")
+        self.clear()
+        self._handles = [self.layer.register_forward_hook(self._on_forward)]
+        self._recording = True
+
+    def stop_recording(self) -> None:
+        """Removes the hook; the recorded input and output stay until :meth:`clear`."""
+        self._recording = False
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @property
+    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, z)`` of the recorded forward: homogeneous inputs (rows, in+1) and the
+        layer output as the layer returned it (``(..., out)``, still attached to the
+        autograd graph; differentiate w.r.t. this tensor, not a reshaped view).
+
+        Raises:
+            RuntimeError: no differentiable forward was recorded.
+        """
+        if self._inputs is None or self._output is None:
+            raise RuntimeError(f"No forward recorded for {self.layer}: run one differentiable "
+                               "policy forward inside KFACPreconditioner.record().")
+        return self._inputs, self._output
+
+    def weight_gradients(self, output_grads: torch.Tensor) -> torch.Tensor:
+        """Parameter gradients ``G_k^T a`` as ``(K, out, in+1)`` matrices (``[W, b]``).
+
+        Args:
+            output_grads: ``(K, rows, out)`` gradients of K losses w.r.t. the recorded
+                layer output, leading dimensions flattened into rows (each loss's own
+                scaling included).
+        """
+        a, _ = self.recorded
+        return output_grads.transpose(-1, -2) @ a
+
+    def set_statistics(self, inputs: torch.Tensor, grads: torch.Tensor) -> None:
+        """Sets per-sample ``a`` (rows, in+1) and ``g`` (rows, out) for :meth:`batch_factors`."""
+        self._inputs, self._grads, self._output = inputs, grads, None
 
     @property
     def has_capture(self) -> bool:
@@ -89,16 +144,24 @@ class LinearStatistics:
         return self._inputs is not None and self._grads is not None
 
     # --- Hooks --------------------------------------------------------------------------
+    def _homogeneous(self, x: torch.Tensor) -> torch.Tensor:
+        a = x.detach().reshape(-1, x.shape[-1])
+        if self.has_bias:
+            a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
+        return a
+
+    def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not self._recording or not torch.is_grad_enabled():
+            return
+        self._inputs = self._homogeneous(args[0])
+        self._output = output  # the very tensor the rest of the graph uses
+
     def _on_forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         # A forward without grad (e.g. sampling a~) cannot be backwarded: keep the last
         # differentiable forward's input.
         if not self._capturing or not torch.is_grad_enabled():
             return
-        x = args[0].detach()
-        a = x.reshape(-1, x.shape[-1])
-        if self.has_bias:
-            a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
-        self._inputs = a
+        self._inputs = self._homogeneous(args[0])
 
     def _on_backward(self, module: nn.Module, grad_input: Any, grad_output: Any) -> None:
         if not self._capturing or grad_output[0] is None:
@@ -135,5 +198,6 @@ class LinearStatistics:
     def remove(self) -> None:
         """Removes any hook and forgets the capture."""
         self.stop_capture()
+        self.stop_recording()
         self.clear()
 

@@ -12,6 +12,19 @@ Usage (plain torch, no RLlib needed)::
     natural = kfac.precondition(grads)        # (F + damping I)^-1 g, per block
     kl_estimate = 0.5 * kfac.quad(natural)    # d^T F d from the undamped factors
 
+Several losses at once (what KFCPO uses: one forward and ONE backward for the Fisher
+statistics, the reward gradient and the cost gradient)::
+
+    with kfac.record():                       # inputs and outputs of every layer
+        out = policy_outputs(obs)             # (rows, features), rows independent
+    leaf = out.detach().requires_grad_()
+    logp = dist_from(leaf).log_prob(actions)  # actions of the (behaviour) policy
+    score, = torch.autograd.grad(logp.sum(), leaf)
+    g_r, g_c = kfac.score_gradients(out, score, torch.stack([w_r, w_c]),
+                                    fisher_rows=mask, fisher_weights=ratio)
+    kfac.update_factors()
+    (n_r, n_c), gram = kfac.natural_directions([g_r, g_c])   # gram[k, l] = n_k' F n_l
+
 The Fisher is approximated block-diagonally: one ``A (x) G`` block per Linear layer
 (``block.py``) and one exact diagonal block per extra parameter (a log-std).
 
@@ -172,11 +185,155 @@ class KFACPreconditioner:
                 stats.stop_capture()
             self._capturing = False
 
-    def update_factors(self) -> bool:
-        """Turns the last capture into running factors and recomputes the decompositions.
+    @contextmanager
+    def record(self) -> Iterator[None]:
+        """Records every layer's input and output of ONE differentiable forward run inside,
+        for :meth:`score_gradients`. Any previous, unused capture is discarded on entry."""
+        if self._capturing:
+            raise RuntimeError("KFACPreconditioner.record() cannot be nested in capture().")
+        self._capturing = True
+        for stats in self.stats:
+            stats.start_recording()
+        try:
+            yield
+        finally:
+            for stats in self.stats:
+                stats.stop_recording()
+            self._capturing = False
+
+    def score_gradients(
+        self,
+        outputs: torch.Tensor,
+        score: torch.Tensor,
+        weights: torch.Tensor,
+        *,
+        fisher_rows: torch.Tensor | None = None,
+        fisher_weights: torch.Tensor | None = None,
+    ) -> list[list[torch.Tensor]]:
+        """Gradients of K row-weighted losses from ONE backward through the layers.
+
+        The losses are those whose gradient w.r.t. row ``i`` of ``outputs`` is
+        ``weights[k, i] * score[i]``, e.g. ``sum_i w_ki log pi(a_i|s_i)`` with
+        ``score[i] = d log pi(a_i|s_i) / d outputs[i]`` (a surrogate ``mean r A`` has
+        ``w = r A / n``). If the network maps rows independently (an MLP: no batch
+        statistics, no mixing of rows), the gradient w.r.t. a layer output ``z`` of such a
+        loss is ``weights[k, i] * h[i]`` with ``h = d (sum_i score[i] . outputs[i]) / dz``:
+        one backward of ``score`` gives ``h`` for every layer, and each loss's Linear
+        gradients are ``(w_k h)^T a`` (:meth:`LinearStatistics.weight_gradients`). Diagonal
+        parameters (a log-std) take one small backward per loss, through their own
+        subgraph only.
+
+        Fisher statistics: with ``fisher_rows`` (a boolean row mask) the layer statistics
+        for the next :meth:`update_factors` are set from the selected rows: ``A = mean a a^T``
+        and ``G = sum w_i h_i h_i^T / sum w_i`` with ``w = fisher_weights`` (default 1).
+        When ``score`` is of actions drawn from the current policy this is the true
+        Fisher; for actions of a behaviour policy ``b``, ``fisher_weights = pi/b``
+        (importance weights) make ``G`` an estimate of the same expectation.
+
+        Args:
+            outputs: ``(rows, features)`` output of the forward recorded with
+                :meth:`record`, whose layers saw the same ``rows``.
+            score: ``(rows, features)`` per-row cotangent, detached.
+            weights: ``(K, rows)`` per-loss row weights.
+            fisher_rows: optional ``(rows,)`` bool mask of rows that enter the factors.
+            fisher_weights: optional ``(rows,)`` non-negative weights of ``G``'s rows.
+
+        Returns:
+            K gradients, each aligned with :attr:`params`.
+        """
+        if outputs.dim() != 2 or score.shape != outputs.shape:
+            raise ValueError(f"outputs {tuple(outputs.shape)} and score {tuple(score.shape)} "
+                             "must be the same (rows, features) shape.")
+        rows = outputs.shape[0]
+        if weights.dim() != 2 or weights.shape[1] != rows:
+            raise ValueError(f"weights must be (K, {rows}), got {tuple(weights.shape)}.")
+        recorded = [stats.recorded for stats in self.stats]
+        for stats, (a, _) in zip(self.stats, recorded, strict=True):
+            if a.shape[0] != rows:
+                raise RuntimeError(f"{stats.layer} saw {a.shape[0]} rows, the outputs have "
+                                   f"{rows}: record exactly one forward of these outputs.")
+        diagonal = [p for p, _ in self.diagonal]
+        hs = torch.autograd.grad(outputs, [z for _, z in recorded], grad_outputs=score,
+                                 retain_graph=bool(diagonal))
+        grads: list[list[torch.Tensor]] = [[] for _ in range(weights.shape[0])]
+        hs = [h.detach().reshape(-1, h.shape[-1]) for h in hs]
+        for stats, block, h in zip(self.stats, self.blocks, hs, strict=True):
+            mats = stats.weight_gradients(weights.unsqueeze(-1) * h)
+            for k, mat in enumerate(mats):
+                w, b = block.split(mat)
+                grads[k] += [w] if b is None else [w, b]
+        for k in range(weights.shape[0]):
+            if not diagonal:
+                break
+            row_weight = weights[k].reshape(rows, *([1] * (score.dim() - 1)))
+            grads[k] += list(torch.autograd.grad(
+                outputs, diagonal, grad_outputs=row_weight * score, allow_unused=True,
+                retain_graph=k < weights.shape[0] - 1, materialize_grads=True))
+        if fisher_rows is not None:
+            self._set_fisher_statistics(recorded, hs, fisher_rows, fisher_weights)
+        for stats in self.stats:
+            stats._output = None  # drop the graph reference
+        return grads
+
+    def _set_fisher_statistics(self, recorded: list[tuple[torch.Tensor, torch.Tensor]],
+                               hs: Sequence[torch.Tensor], rows: torch.Tensor,
+                               weights: torch.Tensor | None) -> None:
+        rows = rows.bool()
+        every = bool(rows.all())  # no padding: skip the row copies
+        scale = None
+        if weights is not None:
+            w = weights.detach() if every else weights.detach()[rows]
+            scale = (w / w.mean().clamp_min(torch.finfo(w.dtype).tiny)).sqrt().unsqueeze(1)
+        for stats, (a, _), h in zip(self.stats, recorded, hs, strict=True):
+            a, g = (a, h) if every else (a[rows], h[rows])
+            stats.set_statistics(a, g if scale is None else g * scale)
+
+    def natural_directions(
+        self, grads: Sequence[Sequence[torch.Tensor]]
+    ) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+        """Natural gradients of several gradients and their Fisher Gram matrix, at once.
+
+        Returns:
+            ``(naturals, gram)``: ``naturals[k]`` equals :meth:`precondition` of
+            ``grads[k]``; ``gram[k, l] = <n_k, n_l>_F`` (a ``(K, K)`` tensor) in the metric
+            of the decomposed factors, computed in the eigenbasis without any extra
+            matrix product (equal to :meth:`inner` when the decompositions are of the
+            current factors, as after every :meth:`update_factors`).
+        """
+        started = time.perf_counter()
+        count = len(grads)
+        per_block = [list(self._per_block(g, f"grads[{k}]")) for k, g in enumerate(grads)]
+        naturals: list[list[torch.Tensor]] = [[] for _ in range(count)]
+        gram = torch.zeros(count, count, device=self._params[0].device,
+                           dtype=self._params[0].dtype)
+        for j, (block, _) in enumerate(per_block[0]):
+            if isinstance(block, KroneckerBlock):
+                mats = torch.stack([block.matrix(*per_block[k][j][1]) for k in range(count)])
+                out, part = block.natural_gram(mats, damping=self._damping)
+                for k in range(count):
+                    w, b = block.split(out[k])
+                    naturals[k] += [w] if b is None else [w, b]
+            else:
+                stacked = torch.stack([per_block[k][j][1][0] for k in range(count)])
+                out, part = block.natural_gram(stacked, damping=self._damping)
+                for k in range(count):
+                    naturals[k].append(out[k])
+            gram = gram + part
+        self.seconds["precondition"] += time.perf_counter() - started
+        return naturals, gram
+
+    def update_factors(self, *, decompose: bool = True) -> bool:
+        """Turns the last capture into running factors and (by default) recomputes the
+        decompositions.
 
         Batch factors of all layers are averaged across learners with one all-reduce, then
         folded (plain mean during the burn-in, EMA afterwards) and decomposed.
+
+        Args:
+            decompose: False folds the factors but keeps the current decompositions (the
+                preconditioner and :meth:`natural_directions` then use the curvature of the
+                last decomposition until :meth:`decompose`; kfac-pytorch's
+                ``inv_update_steps``).
 
         Returns:
             True when the update was applied; False when it was skipped because the batch
@@ -200,24 +357,37 @@ class KFACPreconditioner:
             return False
         k = self.num_updates + 1
         weight = 1.0 / k if k <= self.burn_in else 1.0 - self.decay
-        snapshots = [block.snapshot() for block in self.blocks]
+        snapshots = [block.snapshot() for block in self.blocks] if decompose else []
         for i, block in enumerate(self.blocks):
             block.fold(factors[2 * i], factors[2 * i + 1], weight)
         self.seconds["capture_fold"] += time.perf_counter() - started
+        if decompose and not self._decompose():
+            for block, snapshot in zip(self.blocks, snapshots, strict=True):
+                block.restore(snapshot)
+            return False
+        self.num_updates = k
+        return True
 
+    def decompose(self) -> bool:
+        """Recomputes every block's eigendecomposition from its current running factors.
+
+        Returns:
+            False (and the previous decompositions kept, counted as an eigh failure) when
+            an eigendecomposition failed or was non-finite.
+        """
+        return self._decompose()
+
+    def _decompose(self) -> bool:
         started = time.perf_counter()
         try:
             decompositions = [block.compute_decomposition() for block in self.blocks]
         except torch.linalg.LinAlgError:
-            for block, snapshot in zip(self.blocks, snapshots, strict=True):
-                block.restore(snapshot)
             self.num_eigh_failures += 1
             return False
         finally:
             self.seconds["eigh"] += time.perf_counter() - started
         for block, decomposition in zip(self.blocks, decompositions, strict=True):
             block.set_decomposition(decomposition)
-        self.num_updates = k
         return True
 
     # --- Using the curvature ----------------------------------------------------------
@@ -285,8 +455,9 @@ class KFACPreconditioner:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Running factors (copies), counters and damping; decompositions are recomputed
-        on load."""
+        """Running factors and their current decompositions (copies), counters and damping
+        (a restored preconditioner preconditions bit-identically, stale decompositions
+        included)."""
         return {
             "blocks": [block.state_dict() for block in self.blocks],
             "num_updates": self.num_updates,

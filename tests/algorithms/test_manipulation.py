@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from rllib_kfcpo.algorithms.kfcpo.manipulation import (
+    blend,
     combine_directions,
     cost_margin,
     euclidean_inner,
+    gram_matrix,
     margin_weights,
-    remove_conflict,
     trust_region_step_size,
 )
 
@@ -45,56 +46,68 @@ def flat(d) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in d])
 
 
+def combined(r, c, w_reward, w_cost, inner, projection="harmful"):
+    """The learner's path: Gram matrix -> coefficients -> blended direction (flat)."""
+    gram = gram_matrix([as_direction(r), as_direction(c)], inner)
+    coeffs, info = combine_directions(gram, w_reward, w_cost, projection=projection)
+    return flat(blend(coeffs, as_direction(r), as_direction(c))), info
+
+
+def conflicting_pair(fisher, seed):
+    g = torch.Generator().manual_seed(seed)
+    r, c = torch.randn(8, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
+    return (r, -c) if float(r @ fisher @ c) >= 0 else (r, c)
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_projection_removes_exactly_the_conflicting_component(seed):
     fisher, inner = spd_metric(8, seed)
-    g = torch.Generator().manual_seed(100 + seed)
-    x, ref = torch.randn(8, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
-    if float(x @ fisher @ ref) >= 0:
-        ref = -ref  # make them conflict
-    projected = flat(remove_conflict(as_direction(x), as_direction(ref), inner))
-    # Brute force: x - (x^T F r / r^T F r) r.
-    expected = x - (x @ fisher @ ref) / (ref @ fisher @ ref) * ref
-    torch.testing.assert_close(projected, expected)
-    assert abs(float(projected @ fisher @ ref)) < 1e-9  # F-orthogonal after projection
-    # Only the component along ref changed.
-    residual = projected - x
-    assert torch.linalg.matrix_rank(torch.stack([residual, ref])) == 1
+    r, c = conflicting_pair(fisher, 100 + seed)
+    # w_c = 0.5 gives cost the priority: the reward direction is the one projected.
+    d, info = combined(r, c, 0.5, 0.5, inner)
+    # Brute force: r' = r - (r^T F c / c^T F c) c, d = 0.5 r' + 0.5 c.
+    r_proj = r - (r @ fisher @ c) / (c @ fisher @ c) * c
+    torch.testing.assert_close(d, 0.5 * r_proj + 0.5 * c)
+    assert abs(float(r_proj @ fisher @ c)) < 1e-9  # F-orthogonal after projection
+    assert info["cos_before"] == pytest.approx(
+        float(r @ fisher @ c) / math.sqrt(float(r @ fisher @ r) * float(c @ fisher @ c)))
+    assert info["cos_after"] == pytest.approx(0.0, abs=1e-9)
+    assert info["quad"] == pytest.approx(float(d @ fisher @ d))  # d'Fd from the Gram alone
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_non_conflicting_directions_are_untouched(seed):
     fisher, inner = spd_metric(8, seed)
-    g = torch.Generator().manual_seed(200 + seed)
-    x, ref = torch.randn(8, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
-    if float(x @ fisher @ ref) < 0:
-        ref = -ref
-    assert torch.equal(flat(remove_conflict(as_direction(x), as_direction(ref), inner)), x)
+    r, c = conflicting_pair(fisher, 200 + seed)
+    c = -c  # now <r, c>_F > 0
     for projection in ("harmful", "both", "none"):
-        d, info = combine_directions(as_direction(x), as_direction(ref), 0.3, 0.7, inner,
-                                     projection=projection)
-        torch.testing.assert_close(flat(d), 0.3 * x + 0.7 * ref)
+        d, info = combined(r, c, 0.3, 0.7, inner, projection=projection)
+        torch.testing.assert_close(d, 0.3 * r + 0.7 * c)
         assert info["conflict"] == 0.0
+        assert info["quad"] == pytest.approx(float(d @ fisher @ d))
 
 
 @pytest.mark.parametrize("w_cost", [0.2, 0.8])
 def test_harmful_projection_picks_the_direction_by_margin(w_cost):
     fisher, inner = spd_metric(8, 3)
-    g = torch.Generator().manual_seed(7)
-    r, c = torch.randn(8, generator=g, dtype=F64), torch.randn(8, generator=g, dtype=F64)
-    if float(r @ fisher @ c) >= 0:
-        c = -c
-    d, info = combine_directions(as_direction(r), as_direction(c), 1 - w_cost, w_cost, inner)
+    r, c = conflicting_pair(fisher, 7)
+    d, info = combined(r, c, 1 - w_cost, w_cost, inner)
     if w_cost >= 0.5:  # near/over the limit: the reward direction must not raise cost
         r_p, c_p = r - (r @ fisher @ c) / (c @ fisher @ c) * c, c
     else:  # well inside: the cost direction must not lower reward
         r_p, c_p = r, c - (c @ fisher @ r) / (r @ fisher @ r) * r
-    torch.testing.assert_close(flat(d), (1 - w_cost) * r_p + w_cost * c_p)
+    torch.testing.assert_close(d, (1 - w_cost) * r_p + w_cost * c_p)
     assert info["conflict"] == 1.0
     assert info["cos_before"] < 0 and info["cos_after"] >= -1e-9
-    both, _ = combine_directions(as_direction(r), as_direction(c), 0.5, 0.5, inner,
-                                 projection="both")
-    assert float(flat(both) @ fisher @ r) >= -1e-9 and float(flat(both) @ fisher @ c) >= -1e-9
+    both, _ = combined(r, c, 0.5, 0.5, inner, projection="both")
+    assert float(both @ fisher @ r) >= -1e-9 and float(both @ fisher @ c) >= -1e-9
+    none, _ = combined(r, c, 0.5, 0.5, inner, projection="none")
+    torch.testing.assert_close(none, 0.5 * r + 0.5 * c)
+
+
+def test_projection_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="projection"):
+        combine_directions([[1.0, 0.0], [0.0, 1.0]], 0.5, 0.5, projection="pcgrad")
 
 
 def test_margin_weights_are_continuous_monotone_and_sum_to_one():

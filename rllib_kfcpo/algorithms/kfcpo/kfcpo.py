@@ -28,6 +28,8 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "kfac_damping": (1e-2, "Damping added to the Kronecker eigenvalue products."),
     "kfac_decay": (0.95, "EMA decay of the running Kronecker factors."),
     "kfac_burn_in": (10, "Factor updates averaged plainly (1/k) before the EMA starts."),
+    "kfac_inv_update_steps": (4, "Eigendecompose the factors every N minibatch steps after "
+                                 "the burn-in (1: every step)."),
     "trust_region_kl": (2e-3, "Bound on the quadratic KL 0.5 a^2 d'Fd of one minibatch step."),
     "max_step_size": (1.0, "Upper bound on the step size a along the combined direction."),
     "margin_schedule": ("sigmoid", "'sigmoid' (smooth margin weights) or 'hard' switch."),
@@ -78,6 +80,8 @@ class KFCPOConfig(SafeAlgorithmConfig):
             ("kfac_damping", positive, "a finite number > 0 (typical 1e-3..1e-1)"),
             ("kfac_decay", lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)"),
             ("kfac_burn_in", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
+            ("kfac_inv_update_steps", lambda v: isinstance(v, int) and not isinstance(v, bool)
+             and v >= 1, "an integer >= 1"),
             ("trust_region_kl", positive, "a finite number > 0"),
             ("max_step_size", positive, "a finite number > 0"),
             ("margin_temperature", positive, "a finite number > 0"),

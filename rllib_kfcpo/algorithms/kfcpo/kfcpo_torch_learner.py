@@ -3,11 +3,15 @@
 The step, as in docs/algorithm.md:
 
 1. critics: one Adam step on the reward and cost value losses;
-2. curvature: Fisher statistics from a backward of -mean log pi(a~|s), a~ ~ pi(.|s);
-3. gradients g_r (reward surrogate ascent) and g_c (cost surrogate descent);
-4. natural directions n_r = F^-1 g_r, n_c = F^-1 g_c (same curvature);
+2.+3. one policy forward and ONE backward give the gradients g_r (reward surrogate ascent)
+   and g_c (cost surrogate descent) and the per-sample Fisher statistics (score of the
+   batch's actions, importance-weighted to the current policy); factors folded, and
+   eigendecomposed every ``kfac_inv_update_steps`` steps after the burn-in;
+4. natural directions n_r = F^-1 g_r, n_c = F^-1 g_c (same curvature) and their 2x2
+   Fisher Gram matrix, read off in the eigenbasis;
 5. margin weights (w_r, w_c) from the windowed episode cost Jc and the limit d;
-6. projection of the harmful direction when <n_r, n_c>_F < 0, blend d = w_r n_r' + w_c n_c';
+6. projection of the harmful direction when <n_r, n_c>_F < 0, blend d = w_r n_r' + w_c n_c'
+   (on the Gram matrix: d is a combination of n_r and n_c);
 7. trust region: step a d with a = min(max_step_size, sqrt(2 trust_region_kl / d'Fd));
 8. rollback: if KL(behaviour || new) > target_kl, restore the snapshot and retry at half
    the step (``rollback_backtracks`` times); if no retry fits, keep the snapshot and freeze
@@ -34,9 +38,11 @@ from torch import nn
 
 from rllib_kfcpo.algorithms.kfcpo import metrics as M
 from rllib_kfcpo.algorithms.kfcpo.manipulation import (
+    blend,
     combine_directions,
     cost_margin,
     euclidean_inner,
+    gram_matrix,
     margin_weights,
     trust_region_step_size,
 )
@@ -64,8 +70,6 @@ class KFCPOTorchLearner(SafeTorchLearner):
         super().build()
         self.kfac: dict[str, KFACPreconditioner] = {}
         self.policy_frozen = False
-        self.fisher_rng = torch.Generator(device="cpu")
-        self.fisher_rng.manual_seed(int(self.config.seed or 0) + 7919)
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
             if _distributed():  # No DDP: start every learner from rank 0's weights.
@@ -82,7 +86,9 @@ class KFCPOTorchLearner(SafeTorchLearner):
 
     @override(TorchLearner)
     def _make_modules_ddp_if_necessary(self) -> None:
-        """KFCPO needs three separate backwards per step: no DDP, explicit all-reduces."""
+        """KFCPO's backward is not a loss.backward() (it differentiates w.r.t. the layer
+        outputs for several losses at once), which DDP cannot average: no DDP, explicit
+        all-reduces."""
 
     @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
@@ -116,55 +122,78 @@ class KFCPOTorchLearner(SafeTorchLearner):
             return critic_loss
 
         kfac = self.kfac[module_id]
-        params = kfac.params
         obs = module.flat_obs(batch)
+        g_reward, g_cost, dist, surrogate = self._policy_gradients(module, kfac, obs, batch,
+                                                                   cfg)
         started = time.perf_counter()
         if cfg.use_kfac:
-            self._update_curvature(module, kfac, obs, batch)
-        kfac_seconds = time.perf_counter() - started
-
-        dist_cls = module.get_train_action_dist_cls()
-        dist = dist_cls.from_logits(module.action_dist_inputs(obs))
-        behaviour = dist_cls.from_logits(batch[Columns.ACTION_DIST_INPUTS])
-        with torch.no_grad():
-            kl_before = float(masked_mean(behaviour.kl(dist), batch))
-        ratio = torch.exp(dist.logp(batch[Columns.ACTIONS]) - batch[Columns.ACTION_LOGP])
-        reward_surrogate = masked_mean(ratio * batch[Postprocessing.ADVANTAGES], batch)
-        cost_surrogate = masked_mean(ratio * batch[COST_ADVANTAGES], batch)
-        g_reward = list(torch.autograd.grad(reward_surrogate, params, retain_graph=True))
-        g_cost = [-g for g in torch.autograd.grad(cost_surrogate, params)]
-        all_reduce_mean_(g_reward + g_cost)
-
-        started = time.perf_counter()
-        if cfg.use_kfac:
-            n_reward, n_cost = kfac.precondition(g_reward), kfac.precondition(g_cost)
-            inner = kfac.inner
+            # Decompose every update during the burn-in, then every kfac_inv_update_steps.
+            k = kfac.num_updates
+            kfac.update_factors(decompose=k < cfg.kfac_burn_in
+                                or k % cfg.kfac_inv_update_steps == 0)
+            (n_reward, n_cost), gram = kfac.natural_directions([g_reward, g_cost])
         else:
-            n_reward, n_cost, inner = g_reward, g_cost, euclidean_inner
+            n_reward, n_cost = g_reward, g_cost
+            gram = gram_matrix([g_reward, g_cost], euclidean_inner)
         jc = self.episode_cost if math.isfinite(self.episode_cost) else 0.0
         w_reward, w_cost = margin_weights(
             cost_margin(jc, cfg.cost_limit), schedule=cfg.margin_schedule,
             temperature=cfg.margin_temperature, offset=cfg.margin_offset,
         )
-        direction, info = combine_directions(
-            n_reward, n_cost, w_reward, w_cost, inner, projection=cfg.projection
-        )
-        quad = float(inner(direction, direction))
-        step = trust_region_step_size(quad, max_kl=cfg.trust_region_kl,
+        coeffs, info = combine_directions(gram, w_reward, w_cost, projection=cfg.projection)
+        direction = blend(coeffs, n_reward, n_cost)
+        step = trust_region_step_size(info["quad"], max_kl=cfg.trust_region_kl,
                                       max_step=cfg.max_step_size)
-        kfac_seconds += time.perf_counter() - started
-        finite = all(bool(torch.isfinite(d).all()) for d in direction)
-        if not finite or step <= 0.0:
+        kfac_seconds = time.perf_counter() - started
+        if step <= 0.0 or not all(bool(torch.isfinite(d).all()) for d in direction):
             self.metrics.log_value((module_id, M.SKIPPED_STEPS), 1, reduce="sum")
             return critic_loss
 
-        kl, step, backtracks = self._step_with_rollback(module, params, direction, step, obs,
-                                                        batch, cfg)
+        kl, step, backtracks = self._step_with_rollback(module, kfac.params, direction, step,
+                                                        obs, batch, cfg)
         self.metrics.log_value((module_id, M.BACKTRACKS), backtracks, reduce="sum")
-        info["kl_before"] = kl_before
-        self._log_step(module_id, cfg, kfac, info, w_reward, w_cost, quad, step, kl,
-                       kfac_seconds, dist, batch, reward_surrogate)
-        return critic_loss - reward_surrogate.detach()
+        with torch.no_grad():
+            behaviour = module.get_train_action_dist_cls().from_logits(
+                batch[Columns.ACTION_DIST_INPUTS])
+            info["kl_before"] = float(masked_mean(behaviour.kl(dist), batch))
+        self._log_step(module_id, info, w_reward, w_cost, step, kl, kfac_seconds, dist,
+                       batch, surrogate)
+        return critic_loss - surrogate
+
+    def _policy_gradients(self, module: Any, kfac: KFACPreconditioner, obs: torch.Tensor,
+                          batch: dict[str, Any], cfg: Any) -> tuple[Any, ...]:
+        """g_r, g_c and (with K-FAC) the Fisher statistics from ONE forward and ONE backward.
+
+        Both surrogates ``mean r A`` are sums of per-row terms whose gradient w.r.t. the
+        policy output of row i is ``(r_i A_i / n) * score_i``, ``score_i = d log pi(a_i|s_i)``:
+        one backward of the score through the network serves both gradients, and its
+        per-sample layer-output gradients are the Fisher's ``g`` for the batch's actions.
+        Those actions come from the behaviour policy, so ``G`` takes importance weights
+        ``r_i = pi(a_i|s_i) / pi_old(a_i|s_i)`` (docs/algorithm.md, step 2).
+
+        Returns:
+            ``(g_reward, g_cost, dist, reward_surrogate)`` with ``dist`` the current policy
+            on the minibatch (detached) and the surrogate as a detached 0-d tensor.
+        """
+        with kfac.record():
+            outputs = module.action_dist_inputs(obs)
+        leaf = outputs.detach().requires_grad_(True)
+        dist = module.get_train_action_dist_cls().from_logits(leaf)
+        logp = dist.logp(batch[Columns.ACTIONS])
+        (score,) = torch.autograd.grad(logp.sum(), leaf)
+        with torch.no_grad():
+            ratio = torch.exp(logp - batch[Columns.ACTION_LOGP])
+            mask = batch.get(Columns.LOSS_MASK)
+            real = torch.ones_like(ratio) if mask is None else mask.to(ratio.dtype)
+            scale = real / real.sum().clamp_min(1.0)
+            weights = torch.stack([ratio * batch[Postprocessing.ADVANTAGES] * scale,
+                                   -ratio * batch[COST_ADVANTAGES] * scale])
+            surrogate = weights[0].sum()
+        g_reward, g_cost = kfac.score_gradients(
+            outputs, score, weights,
+            fisher_rows=real.bool() if cfg.use_kfac else None, fisher_weights=ratio)
+        all_reduce_mean_(g_reward + g_cost)
+        return g_reward, g_cost, dist, surrogate
 
     def _critic_step(self, module_id: str, module: Any, batch: dict[str, Any],
                      cfg: Any) -> torch.Tensor:
@@ -185,20 +214,6 @@ class KFCPOTorchLearner(SafeTorchLearner):
         self.metrics.log_value((module_id, COST_VF_LOSS_KEY), cost_vf_loss.item(),
                                reduce="mean")
         return loss.detach()
-
-    def _update_curvature(self, module: Any, kfac: KFACPreconditioner, obs: torch.Tensor,
-                          batch: dict[str, Any]) -> None:
-        """True-Fisher statistics: backward of -mean log pi(a~|s) with a~ ~ pi(.|s)."""
-        mask = batch.get(Columns.LOSS_MASK)
-        real_obs = obs[mask.bool()] if mask is not None else obs
-        with kfac.capture():
-            inputs = module.action_dist_inputs(real_obs)
-            mean, log_std = inputs.chunk(2, dim=-1)
-            noise = torch.randn(mean.shape, generator=self.fisher_rng).to(mean.device)
-            sampled = (mean + log_std.exp() * noise).detach()
-            dist = module.get_train_action_dist_cls().from_logits(inputs)
-            torch.autograd.grad(-dist.logp(sampled).mean(), kfac.params)
-        kfac.update_factors()
 
     def _step_with_rollback(self, module: Any, params: Sequence[nn.Parameter],
                             direction: Sequence[torch.Tensor], step: float,
@@ -237,9 +252,8 @@ class KFCPOTorchLearner(SafeTorchLearner):
             self.policy_frozen = True
         return kl_value, 0.0, attempts - 1
 
-    def _log_step(self, module_id: str, cfg: Any, kfac: KFACPreconditioner,
-                  info: dict[str, float], w_reward: float, w_cost: float, quad: float,
-                  step: float, kl: float, kfac_seconds: float, dist: Any,
+    def _log_step(self, module_id: str, info: dict[str, float], w_reward: float,
+                  w_cost: float, step: float, kl: float, kfac_seconds: float, dist: Any,
                   batch: dict[str, Any], reward_surrogate: torch.Tensor) -> None:
         rolled_back = int(self.policy_frozen)
         values = {
@@ -248,9 +262,9 @@ class KFCPOTorchLearner(SafeTorchLearner):
             M.CONFLICT: info["conflict"],
             M.WEIGHT_REWARD: w_reward,
             M.WEIGHT_COST: w_cost,
-            M.DIRECTION_QUAD: quad,
+            M.DIRECTION_QUAD: info["quad"],
             M.STEP_SIZE: step,
-            M.QUAD_KL: 0.5 * step**2 * quad,
+            M.QUAD_KL: 0.5 * step**2 * info["quad"],
             M.KL_BEFORE_STEP: info["kl_before"],
             M.KL_AFTER_STEP: kl,
             M.KFAC_SECONDS: kfac_seconds,
@@ -261,9 +275,15 @@ class KFCPOTorchLearner(SafeTorchLearner):
             self.metrics.log_value((module_id, key), value, reduce="mean")
         self.metrics.log_value((module_id, M.ROLLBACKS), rolled_back, reduce="sum")
         self.metrics.log_value((module_id, M.POLICY_STEPS), 1 - rolled_back, reduce="sum")
-        if cfg.use_kfac:
-            for key, value in kfac.diagnostics().items():
-                self.metrics.log_value((module_id, f"kfac_{key}"), float(value), window=1)
+
+    @override(SafeTorchLearner)
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        super().after_gradient_based_update(timesteps=timesteps)
+        for module_id, kfac in self.kfac.items():  # once per update, not per minibatch
+            if self.config.get_config_for_module(module_id).use_kfac:
+                for key, value in kfac.diagnostics().items():
+                    self.metrics.log_value((module_id, f"kfac_{key}"), float(value),
+                                           window=1)
 
     # --- State --------------------------------------------------------------------------
     @override(SafeTorchLearner)
@@ -271,7 +291,6 @@ class KFCPOTorchLearner(SafeTorchLearner):
         return {
             **super().get_safe_state(),
             "kfac": {mid: k.state_dict() for mid, k in self.kfac.items()},
-            "fisher_rng": self.fisher_rng.get_state(),
         }
 
     @override(SafeTorchLearner)
@@ -280,8 +299,6 @@ class KFCPOTorchLearner(SafeTorchLearner):
         for mid, kfac_state in state.get("kfac", {}).items():
             if mid in self.kfac:
                 self.kfac[mid].load_state_dict(kfac_state)
-        if "fisher_rng" in state:
-            self.fisher_rng.set_state(state["fisher_rng"])
 
     @override(Learner)
     def compute_loss_for_module(self, **kwargs) -> torch.Tensor:

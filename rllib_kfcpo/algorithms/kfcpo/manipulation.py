@@ -1,8 +1,9 @@
 """KFCPO's direction manipulation as pure functions (see docs/algorithm.md, steps 4-6).
 
-A direction is a sequence of tensors shaped like the policy parameters. An inner product
-is a callable ``inner(u, v) -> scalar tensor``: the Fisher metric u^T F v for K-FAC, or
-:func:`euclidean_inner` for the plain-gradient ablation.
+A direction is a sequence of tensors shaped like the policy parameters. The projection
+works on the 2x2 Gram matrix of the reward and cost directions in the step's metric (the
+K-FAC Fisher, from ``KFACPreconditioner.natural_directions``, or the Euclidean one for the
+plain-gradient ablation, :func:`gram_matrix` of :func:`euclidean_inner`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,6 @@ PROJECTIONS = ("harmful", "both", "none")
 def euclidean_inner(u: Direction, v: Direction) -> torch.Tensor:
     """Sum of elementwise products over all tensors."""
     return sum((a * b).sum() for a, b in zip(u, v, strict=True))
-
-
-def cosine(u: Direction, v: Direction, inner: Inner) -> float:
-    """Cosine of the angle between u and v in the metric ``inner`` (0 for a zero vector)."""
-    uu, vv = float(inner(u, u)), float(inner(v, v))
-    if uu <= 0.0 or vv <= 0.0:
-        return 0.0
-    return float(inner(u, v)) / math.sqrt(uu * vv)
 
 
 def cost_margin(episode_cost: float, cost_limit: float) -> float:
@@ -57,49 +50,72 @@ def margin_weights(margin: float, *, schedule: str = "sigmoid", temperature: flo
     return 1.0 - w_cost, w_cost
 
 
-def remove_conflict(x: Direction, ref: Direction, inner: Inner) -> list[torch.Tensor]:
-    """x without its component against ``ref`` when <x, ref> < 0; x unchanged otherwise."""
-    dot = float(inner(x, ref))
-    norm = float(inner(ref, ref))
-    if dot >= 0.0 or norm <= 1e-30:
-        return list(x)
-    coeff = dot / norm
-    return [a - coeff * b for a, b in zip(x, ref, strict=True)]
+def gram_matrix(directions: Sequence[Direction], inner: Inner) -> torch.Tensor:
+    """``(K, K)`` matrix of ``inner(u_k, u_l)`` (for a metric given as a callable)."""
+    count = len(directions)
+    gram = torch.zeros(count, count, dtype=torch.float64)
+    for k in range(count):
+        for j in range(k, count):
+            gram[k, j] = gram[j, k] = float(inner(directions[k], directions[j]))
+    return gram
 
 
 def combine_directions(
-    g_reward: Direction, g_cost: Direction, w_reward: float, w_cost: float, inner: Inner,
+    gram: torch.Tensor | Sequence[Sequence[float]], w_reward: float, w_cost: float,
     projection: str = "harmful",
-) -> tuple[list[torch.Tensor], dict[str, float]]:
-    """d = w_r g_r' + w_c g_c' after the direction-sensitive projection.
+) -> tuple[tuple[float, float], dict[str, float]]:
+    """Coefficients of ``d = w_r n_r' + w_c n_c'`` in terms of ``(n_r, n_c)``.
 
-    ``g_reward`` ascends the reward surrogate, ``g_cost`` descends the cost surrogate.
-    ``harmful``: when w_c >= 0.5 the reward direction is projected off g_c, otherwise the
-    cost direction is projected off g_r. ``both``: each off the other's original.
+    Every direction here is a combination of the two natural gradients, so the projection,
+    the cosines and ``d'Fd`` follow from their 2x2 Fisher Gram matrix
+    ``[[<n_r,n_r>, <n_r,n_c>], [<n_c,n_r>, <n_c,n_c>]]`` alone (no vector arithmetic, one
+    host transfer). ``n_r`` ascends the reward surrogate, ``n_c`` descends the cost
+    surrogate. ``harmful``: when they conflict (``<n_r, n_c> < 0``) and w_c >= 0.5 the
+    reward direction is projected off n_c, ``n_r' = n_r - (<n_r,n_c>/<n_c,n_c>) n_c``;
+    otherwise the cost direction off n_r. ``both``: each off the other's original.
     ``none``: no projection.
+
+    Returns:
+        ``((c_r, c_c), info)`` with ``d = c_r n_r + c_c n_c`` and ``info``: ``cos_before``,
+        ``cos_after`` (metric cosines of the pair before/after projection), ``conflict``,
+        ``norm_reward``, ``norm_cost`` and ``quad`` (``d'Fd``).
     """
     if projection not in PROJECTIONS:
         raise ValueError(f"projection={projection!r} is invalid: use one of {PROJECTIONS}.")
-    cos_before = cosine(g_reward, g_cost, inner)
-    conflict = float(inner(g_reward, g_cost)) < 0.0
-    r, c = list(g_reward), list(g_cost)
-    if conflict and projection == "harmful":
-        if w_cost >= 0.5:
-            r = remove_conflict(g_reward, g_cost, inner)
-        else:
-            c = remove_conflict(g_cost, g_reward, inner)
-    elif conflict and projection == "both":
-        r = remove_conflict(g_reward, g_cost, inner)
-        c = remove_conflict(g_cost, g_reward, inner)
-    direction = [w_reward * a + w_cost * b for a, b in zip(r, c, strict=True)]
+    g = torch.as_tensor(gram, dtype=torch.float64).tolist()
+    rr, rc, cc = g[0][0], g[0][1], g[1][1]
+
+    def inner(u: tuple[float, float], v: tuple[float, float]) -> float:
+        return u[0] * (rr * v[0] + rc * v[1]) + u[1] * (rc * v[0] + cc * v[1])
+
+    def cosine(u: tuple[float, float], v: tuple[float, float]) -> float:
+        uu, vv = inner(u, u), inner(v, v)
+        return inner(u, v) / math.sqrt(uu * vv) if uu > 0.0 and vv > 0.0 else 0.0
+
+    reward, cost = (1.0, 0.0), (0.0, 1.0)
+    conflict = rc < 0.0
+    project_reward = conflict and cc > 1e-30 and (
+        projection == "both" or (projection == "harmful" and w_cost >= 0.5))
+    project_cost = conflict and rr > 1e-30 and (
+        projection == "both" or (projection == "harmful" and w_cost < 0.5))
+    r = (1.0, -rc / cc) if project_reward else reward
+    c = (-rc / rr, 1.0) if project_cost else cost
+    coeffs = (w_reward * r[0] + w_cost * c[0], w_reward * r[1] + w_cost * c[1])
     info = {
-        "cos_before": cos_before,
-        "cos_after": cosine(r, c, inner),
+        "cos_before": cosine(reward, cost),
+        "cos_after": cosine(r, c),
         "conflict": float(conflict),
-        "norm_reward": math.sqrt(max(float(inner(g_reward, g_reward)), 0.0)),
-        "norm_cost": math.sqrt(max(float(inner(g_cost, g_cost)), 0.0)),
+        "norm_reward": math.sqrt(max(rr, 0.0)),
+        "norm_cost": math.sqrt(max(cc, 0.0)),
+        "quad": inner(coeffs, coeffs),
     }
-    return direction, info
+    return coeffs, info
+
+
+def blend(coeffs: tuple[float, float], n_reward: Direction,
+          n_cost: Direction) -> list[torch.Tensor]:
+    """``c_r n_r + c_c n_c`` tensor by tensor."""
+    return [coeffs[0] * r + coeffs[1] * c for r, c in zip(n_reward, n_cost, strict=True)]
 
 
 def trust_region_step_size(quad: float, *, max_kl: float, max_step: float) -> float:
