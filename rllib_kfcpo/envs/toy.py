@@ -27,13 +27,19 @@ def known_cost(t: int, cost_scale: float = 0.5) -> float:
 
 
 class KnownCostEnv(gym.Env):
-    """Deterministic per-step cost schedule; observation is (t / len, noise)."""
+    """Deterministic per-step cost schedule; observation is (t / len, noise).
+
+    With ``env_config["cost_per_episode_index"]`` every step of this instance's k-th
+    episode (0-based) costs ``k / episode_len`` instead, so that episode's cost is ``k``.
+    """
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         config = dict(config or {})
         self.episode_len = int(config.get("episode_len", 20))
         self.cost_scale = float(config.get("cost_scale", 0.5))
         self.terminate = bool(config.get("terminate", False))
+        self.cost_per_episode_index = bool(config.get("cost_per_episode_index", False))
+        self.episode_index = -1
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
         self.t = 0
@@ -44,10 +50,12 @@ class KnownCostEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: D102
         super().reset(seed=seed)
         self.t = 0
+        self.episode_index += 1
         return self._obs(), {"cost": 0.0}
 
     def step(self, action):  # noqa: D102
-        cost = known_cost(self.t, self.cost_scale)
+        cost = (self.episode_index / self.episode_len if self.cost_per_episode_index
+                else known_cost(self.t, self.cost_scale))
         self.t += 1
         done = self.t >= self.episode_len
         return self._obs(), 1.0, done and self.terminate, done and not self.terminate, {

@@ -60,3 +60,29 @@ def test_cost_column_matches_what_the_env_emitted(ray_local):
         np.testing.assert_array_equal(batch[COSTS].numpy()[mask], np.array(emitted))
     finally:
         algo.stop()
+
+
+def test_jc_is_the_mean_over_the_latest_iterations_episodes(ray_local):
+    """Episode k costs k; two whole episodes per iteration: iteration i (1-based) ends
+    episodes 2i-2 and 2i-1. Measured on RLlib 2.60: the windowed metric on the driver
+    (window = metrics_num_episodes_for_smoothing = 100) is the mean over the episodes
+    that ended in the latest iteration, 2i-1.5, not over the last 100 episodes (i-0.5
+    here): the learners' Jc does not lag behind the policy."""
+    length = 10
+    cfg = (
+        PPOLagConfig()
+        .environment(KNOWN_COST_ENV, env_config={"episode_len": length,
+                                                 "cost_per_episode_index": True})
+        .env_runners(num_env_runners=1, rollout_fragment_length=2 * length)
+        .training(train_batch_size=2 * length, minibatch_size=length, num_epochs=1)
+    )
+    algo = cfg.build_algo()
+    try:
+        for i in range(1, 5):
+            result = algo.train()
+            seen = result["learners"]["default_policy"]["episode_cost_seen_by_learner"]
+            assert result["env_runners"][EPISODE_COST_MEAN] == pytest.approx(2 * i - 1.5,
+                                                                             abs=1e-6), i
+            assert seen == pytest.approx(2 * i - 1.5, abs=1e-6), i
+    finally:
+        algo.stop()
