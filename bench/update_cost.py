@@ -4,6 +4,7 @@ Same batch, same network, same minibatching, measured side by side in one run (t
 learners' repeats are interleaved, so load from other processes hits both alike):
 
     .venv/bin/python bench/update_cost.py            # 64x64 and 256x256, prints ratios
+    .venv/bin/python bench/update_cost.py --inv-steps 1,4   # eigh every step vs every 4
     .venv/bin/python bench/update_cost.py --smoke    # tiny, for the test suite
 
 One "update" is ``Learner.update(episodes=...)``: the learner connector (GAE for reward
@@ -115,13 +116,14 @@ def timed_update(learner: Any, eps: list, minibatch: int, epochs: int) -> float:
 
 
 def compare(hidden: list[int], eps: list, spaces: dict, n_steps: int, minibatch: int,
-            epochs: int, repeats: int) -> dict[str, Any]:
+            epochs: int, repeats: int, inv_steps: int) -> dict[str, Any]:
     """Interleaved repeats of a PPOLag and a KFCPO update; medians and the K-FAC shares."""
     model = {"fcnet_hiddens": hidden}
     common = dict(train_batch_size=n_steps, minibatch_size=minibatch, num_epochs=epochs)
     ppo = build(PPOLagConfig().training(**common).rl_module(model_config=model),
                 eps, spaces, minibatch)
-    kfcpo = build(KFCPOConfig().training(target_kl=1e9, **common)
+    kfcpo = build(KFCPOConfig().training(target_kl=1e9, kfac_inv_update_steps=inv_steps,
+                                         **common)
                   .rl_module(model_config=model), eps, spaces, minibatch)
     timer = PhaseTimer(kfcpo)
     t_ppo, t_kf, shares = [], [], {p: [] for p in PHASES}
@@ -148,6 +150,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--sizes", default="64x64,256x256")
+    parser.add_argument("--inv-steps", default=None,
+                        help="comma-separated kfac_inv_update_steps values, one row each "
+                             "(default: KFCPO's default only)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = ([[16, 16]] if args.smoke else
@@ -163,9 +168,14 @@ def main() -> None:
     print(f"{'network':>10} | {'PPOLag s':>9} | {'KFCPO s':>9} | {'KFCPO/PPOLag':>12} | "
           f"{'K-FAC share':>11} | {'grads':>6} | {'factors':>7} | {'eigh':>6} | "
           f"{'precond':>7}")
-    for hidden in sizes:
-        r = compare(hidden, eps, spaces, n_eps * length, minibatch, epochs, repeats)
-        print(f"{'x'.join(map(str, hidden)):>10} | {r['ppo']:9.3f} | {r['kfcpo']:9.3f} | "
+    default_inv = KFCPOConfig().kfac_inv_update_steps
+    inv_values = ([int(v) for v in args.inv_steps.split(",")] if args.inv_steps
+                  else [default_inv])
+    for hidden, inv_steps in ((h, i) for h in sizes for i in inv_values):
+        r = compare(hidden, eps, spaces, n_eps * length, minibatch, epochs, repeats, inv_steps)
+        name = "x".join(map(str, hidden)) + ("" if inv_steps == default_inv
+                                             else f" inv{inv_steps}")
+        print(f"{name:>10} | {r['ppo']:9.3f} | {r['kfcpo']:9.3f} | "
               f"{r['ratio']:12.2f} | {r['kfac']:11.1%} | {r['grads']:6.1%} | "
               f"{r['factors']:7.1%} | {r['eigh']:6.1%} | {r['precond']:7.1%}", flush=True)
     print("target: KFCPO/PPOLag <= 1.15")
