@@ -39,11 +39,31 @@ ABLATIONS = {
 }
 
 
-def variants(ablations: bool) -> dict[str, tuple[str, dict]]:
-    """Variant name -> (algorithm, config overrides)."""
+def variants(ablations: bool, extra: list[str] = (),
+             only: list[str] | None = None) -> dict[str, tuple[str, dict]]:
+    """Variant name -> (algorithm, config overrides).
+
+    ``extra`` entries are ``NAME=JSON`` KFCPO variants (``'KFCPO-t03={"margin_temperature":
+    0.3}'``); ``only`` keeps the named variants (all when None).
+    """
     out = {"PPOLag": ("PPOLag", {}), "KFCPO": ("KFCPO", {})}
     if ablations:
         out.update({name: ("KFCPO", cfg) for name, cfg in ABLATIONS.items()})
+    for entry in extra:
+        name, sep, overrides = entry.partition("=")
+        try:
+            parsed = json.loads(overrides) if sep else None
+        except json.JSONDecodeError:
+            parsed = None
+        if not name or not isinstance(parsed, dict):
+            raise SystemExit(f"--variant {entry!r} is invalid: use NAME='{{\"key\": value}}' "
+                             "(a JSON object of KFCPO settings).")
+        out[name] = ("KFCPO", parsed)
+    if only is not None:
+        unknown = sorted(set(only) - set(out))
+        if unknown:
+            raise SystemExit(f"--only names unknown variants {unknown}; known: {sorted(out)}")
+        out = {name: v for name, v in out.items() if name in only}
     return out
 
 
@@ -75,6 +95,10 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="Ray logical CPUs (default: enough for every seed at once)")
     parser.add_argument("--ablations", action="store_true")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="extra KFCPO variant NAME='{\"setting\": value}' (repeatable)")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated variant names to run (default: all)")
     parser.add_argument("--full", action="store_true",
                         help="OmniSafe protocol: 5 seeds, 1e7 steps, 20k steps/iteration")
     parser.add_argument("--smoke", action="store_true")
@@ -106,7 +130,8 @@ def main() -> None:
     table: dict[str, dict[str, dict]] = {}
     for env in envs:
         env_dir = out / env.replace("/", "_")
-        for name, (algo, extra) in variants(args.ablations).items():
+        only = args.only.split(",") if args.only else None
+        for name, (algo, extra) in variants(args.ablations, args.variant, only).items():
             config = {"cost_limit": 25.0, "train_batch_size": batch, "num_env_runners": runners,
                       "num_envs_per_env_runner": args.envs_per_runner, **extra}
             if args.reuse_compiled_model:

@@ -46,10 +46,11 @@ def flat(d) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in d])
 
 
-def combined(r, c, w_reward, w_cost, inner, projection="harmful"):
+def combined(r, c, w_reward, w_cost, inner, projection="harmful", normalize=False):
     """The learner's path: Gram matrix -> coefficients -> blended direction (flat)."""
     gram = gram_matrix([as_direction(r), as_direction(c)], inner)
-    coeffs, info = combine_directions(gram, w_reward, w_cost, projection=projection)
+    coeffs, info = combine_directions(gram, w_reward, w_cost, projection=projection,
+                                      normalize=normalize)
     return flat(blend(coeffs, as_direction(r), as_direction(c))), info
 
 
@@ -103,6 +104,24 @@ def test_harmful_projection_picks_the_direction_by_margin(w_cost):
     assert float(both @ fisher @ r) >= -1e-9 and float(both @ fisher @ c) >= -1e-9
     none, _ = combined(r, c, 0.5, 0.5, inner, projection="none")
     torch.testing.assert_close(none, 0.5 * r + 0.5 * c)
+
+
+@pytest.mark.parametrize("w_cost", [0.2, 0.8])
+def test_normalized_blend_uses_unit_length_directions(w_cost):
+    fisher, inner = spd_metric(8, 5)
+    r, c = conflicting_pair(fisher, 11)
+    c = 30.0 * c  # a much longer cost direction must not dominate the blend
+    norm_r, norm_c = float(r @ fisher @ r) ** 0.5, float(c @ fisher @ c) ** 0.5
+    d, info = combined(r, c, 1 - w_cost, w_cost, inner, normalize=True)
+    if w_cost >= 0.5:
+        r_p, c_p = r - (r @ fisher @ c) / (c @ fisher @ c) * c, c
+    else:
+        r_p, c_p = r, c - (c @ fisher @ r) / (r @ fisher @ r) * r
+    torch.testing.assert_close(d, (1 - w_cost) * r_p / norm_r + w_cost * c_p / norm_c)
+    assert info["quad"] == pytest.approx(float(d @ fisher @ d))
+    # Without normalisation the long direction takes over.
+    plain, _ = combined(r, c, 1 - w_cost, w_cost, inner)
+    torch.testing.assert_close(plain, (1 - w_cost) * r_p + w_cost * c_p)
 
 
 def test_projection_rejects_unknown_mode():

@@ -36,6 +36,7 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
     "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
     "projection": ("harmful", "'harmful', 'both' (PCGrad-like) or 'none' (ablation)."),
+    "normalize_directions": (False, "Blend unit-Fisher-norm directions (weights = shares)."),
     "kl_rollback": (True, "Undo a minibatch step whose real KL exceeds target_kl."),
     "rollback_backtracks": (3, "Retries of an undone step at half the size before freezing."),
     "target_kl": (0.02, "KL(behaviour || current) bound of the rollback, per iteration."),
@@ -91,6 +92,7 @@ class KFCPOConfig(SafeAlgorithmConfig):
             ("margin_schedule", lambda v: v in MARGIN_SCHEDULES, f"one of {MARGIN_SCHEDULES}"),
             ("projection", lambda v: v in PROJECTIONS, f"one of {PROJECTIONS}"),
             ("use_kfac", lambda v: isinstance(v, bool), "True or False"),
+            ("normalize_directions", lambda v: isinstance(v, bool), "True or False"),
             ("kl_rollback", lambda v: isinstance(v, bool), "True or False"),
             ("rollback_backtracks", lambda v: isinstance(v, int) and not isinstance(v, bool)
              and 0 <= v <= 20, "an integer in [0, 20]"),

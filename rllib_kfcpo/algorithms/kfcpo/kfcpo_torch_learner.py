@@ -140,7 +140,8 @@ class KFCPOTorchLearner(SafeTorchLearner):
             cost_margin(jc, cfg.cost_limit), schedule=cfg.margin_schedule,
             temperature=cfg.margin_temperature, offset=cfg.margin_offset,
         )
-        coeffs, info = combine_directions(gram, w_reward, w_cost, projection=cfg.projection)
+        coeffs, info = combine_directions(gram, w_reward, w_cost, projection=cfg.projection,
+                                          normalize=cfg.normalize_directions)
         direction = blend(coeffs, n_reward, n_cost)
         step = trust_region_step_size(info["quad"], max_kl=cfg.trust_region_kl,
                                       max_step=cfg.max_step_size)

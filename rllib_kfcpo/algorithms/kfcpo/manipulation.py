@@ -62,7 +62,7 @@ def gram_matrix(directions: Sequence[Direction], inner: Inner) -> torch.Tensor:
 
 def combine_directions(
     gram: torch.Tensor | Sequence[Sequence[float]], w_reward: float, w_cost: float,
-    projection: str = "harmful",
+    projection: str = "harmful", normalize: bool = False,
 ) -> tuple[tuple[float, float], dict[str, float]]:
     """Coefficients of ``d = w_r n_r' + w_c n_c'`` in terms of ``(n_r, n_c)``.
 
@@ -73,7 +73,9 @@ def combine_directions(
     surrogate. ``harmful``: when they conflict (``<n_r, n_c> < 0``) and w_c >= 0.5 the
     reward direction is projected off n_c, ``n_r' = n_r - (<n_r,n_c>/<n_c,n_c>) n_c``;
     otherwise the cost direction off n_r. ``both``: each off the other's original.
-    ``none``: no projection.
+    ``none``: no projection. ``normalize``: blend ``w_r n_r' / |n_r|_F + w_c n_c' / |n_c|_F``
+    so the weights are the shares of the step whatever the scales of the two advantages
+    (the projected directions keep their length relative to the originals).
 
     Returns:
         ``((c_r, c_c), info)`` with ``d = c_r n_r + c_c n_c`` and ``info``: ``cos_before``,
@@ -100,7 +102,10 @@ def combine_directions(
         projection == "both" or (projection == "harmful" and w_cost < 0.5))
     r = (1.0, -rc / cc) if project_reward else reward
     c = (-rc / rr, 1.0) if project_cost else cost
-    coeffs = (w_reward * r[0] + w_cost * c[0], w_reward * r[1] + w_cost * c[1])
+    scale_r = 1.0 / math.sqrt(rr) if normalize and rr > 1e-30 else 1.0
+    scale_c = 1.0 / math.sqrt(cc) if normalize and cc > 1e-30 else 1.0
+    coeffs = (w_reward * scale_r * r[0] + w_cost * scale_c * c[0],
+              w_reward * scale_r * r[1] + w_cost * scale_c * c[1])
     info = {
         "cos_before": cosine(reward, cost),
         "cos_after": cosine(r, c),
