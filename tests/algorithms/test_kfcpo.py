@@ -171,3 +171,31 @@ def test_rollback_retries_at_half_the_step_when_that_fits():
     stopped = one_step(target_kl=0.5 * full["kl_after_step"], rollback_backtracks=0)
     assert stopped["kl_rollbacks"] == 1 and stopped["policy_steps"] == 0
     assert stopped["kl_backtracks"] == 0
+
+
+def test_margin_cost_is_an_ema_of_jc_over_iterations_and_is_checkpointed(tmp_path):
+    """margin_cost_ema = 0.25: m_1 = Jc_1, m_k = 0.75 m_(k-1) + 0.25 Jc_k; an iteration
+    without a new Jc (NaN) leaves it unchanged; the default 1.0 follows Jc exactly."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    smoothed = toy_config(margin_cost_ema=0.25).build_learner(spaces=spaces)
+    plain = toy_config().build_learner(spaces=spaces)
+    expected = None
+    for jc in (40.0, 0.0, float("nan"), 8.0):
+        for learner in (smoothed, plain):
+            learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": jc},
+                           num_epochs=1, minibatch_size=100)
+        if jc == jc:  # not NaN
+            expected = jc if expected is None else 0.75 * expected + 0.25 * jc
+        assert smoothed.margin_cost == pytest.approx(expected)
+    assert plain.margin_cost == 8.0
+    assert smoothed.margin_cost == pytest.approx(0.75 * 0.75 * 40.0 + 0.25 * 8.0)
+    smoothed.save_to_path(str(tmp_path))
+    restored = toy_config(margin_cost_ema=0.25).build_learner(spaces=spaces)
+    restored.restore_from_path(str(tmp_path))
+    assert restored.margin_cost == smoothed.margin_cost
+
+
+def test_margin_cost_ema_is_validated():
+    with pytest.raises(ValueError, match=r"margin_cost_ema must be in \(0, 1\]"):
+        toy_config(margin_cost_ema=0.0).validate()

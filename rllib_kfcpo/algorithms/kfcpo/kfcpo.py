@@ -35,6 +35,8 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "margin_schedule": ("sigmoid", "'sigmoid' (smooth margin weights) or 'hard' switch."),
     "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
     "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
+    "margin_cost_ema": (1.0, "Weight of the newest iteration's Jc in the margin's EMA of "
+                             "Jc (1.0: no smoothing)."),
     "projection": ("harmful", "'harmful', 'both' (PCGrad-like) or 'none' (ablation)."),
     "normalize_directions": (False, "Blend unit-Fisher-norm directions (weights = shares)."),
     "kl_rollback": (True, "Undo a minibatch step whose real KL exceeds target_kl."),
@@ -89,6 +91,8 @@ class KFCPOConfig(SafeAlgorithmConfig):
             ("margin_offset", lambda v: isinstance(v, (int, float)) and math.isfinite(v),
              "a finite number"),
             ("target_kl", positive, "a finite number > 0"),
+            ("margin_cost_ema", lambda v: isinstance(v, (int, float))
+             and not isinstance(v, bool) and 0 < v <= 1, "in (0, 1]"),
             ("margin_schedule", lambda v: v in MARGIN_SCHEDULES, f"one of {MARGIN_SCHEDULES}"),
             ("projection", lambda v: v in PROJECTIONS, f"one of {PROJECTIONS}"),
             ("use_kfac", lambda v: isinstance(v, bool), "True or False"),

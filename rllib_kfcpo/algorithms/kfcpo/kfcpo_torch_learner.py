@@ -48,7 +48,12 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
 )
 from rllib_kfcpo.kfac import KFACPreconditioner
 from rllib_kfcpo.kfac.distributed import all_reduce_mean_
-from rllib_kfcpo.safe.columns import COST_ADVANTAGES, COST_VALUE_TARGETS, COST_VF_LOSS_KEY
+from rllib_kfcpo.safe.columns import (
+    COST_ADVANTAGES,
+    COST_VALUE_TARGETS,
+    COST_VF_LOSS_KEY,
+    EPISODE_COST_FOR_LEARNER,
+)
 from rllib_kfcpo.safe.learner import SafeTorchLearner, masked_mean
 
 CRITIC_OPTIMIZER = "critic"
@@ -70,6 +75,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
         super().build()
         self.kfac: dict[str, KFACPreconditioner] = {}
         self.policy_frozen = False
+        self.margin_cost = math.nan  # Jc as the margin weights see it (see margin_cost_ema)
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
             if _distributed():  # No DDP: start every learner from rank 0's weights.
@@ -106,6 +112,15 @@ class KFCPOTorchLearner(SafeTorchLearner):
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
         self.policy_frozen = False
+        # The margin's cost: an EMA over iterations of Jc (margin_cost_ema = weight of the
+        # newest value; 1.0 = this iteration's Jc only). No new Jc: unchanged.
+        jc = float(timesteps.get(EPISODE_COST_FOR_LEARNER, math.nan))
+        if math.isfinite(jc):
+            beta = self.config.margin_cost_ema
+            self.margin_cost = (jc if not math.isfinite(self.margin_cost)
+                                else (1.0 - beta) * self.margin_cost + beta * jc)
+        for module_id in self.module.keys():
+            self.metrics.log_value((module_id, M.MARGIN_COST), self.margin_cost, window=1)
 
     # --- The update ---------------------------------------------------------------------
     @override(TorchLearner)
@@ -135,7 +150,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
         else:
             n_reward, n_cost = g_reward, g_cost
             gram = gram_matrix([g_reward, g_cost], euclidean_inner)
-        jc = self.episode_cost if math.isfinite(self.episode_cost) else 0.0
+        jc = self.margin_cost if math.isfinite(self.margin_cost) else 0.0
         w_reward, w_cost = margin_weights(
             cost_margin(jc, cfg.cost_limit), schedule=cfg.margin_schedule,
             temperature=cfg.margin_temperature, offset=cfg.margin_offset,
@@ -292,11 +307,13 @@ class KFCPOTorchLearner(SafeTorchLearner):
         return {
             **super().get_safe_state(),
             "kfac": {mid: k.state_dict() for mid, k in self.kfac.items()},
+            "margin_cost": self.margin_cost,
         }
 
     @override(SafeTorchLearner)
     def set_safe_state(self, state: dict[str, Any]) -> None:
         super().set_safe_state(state)
+        self.margin_cost = float(state.get("margin_cost", self.episode_cost))
         for mid, kfac_state in state.get("kfac", {}).items():
             if mid in self.kfac:
                 self.kfac[mid].load_state_dict(kfac_state)

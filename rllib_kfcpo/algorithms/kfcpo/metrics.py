@@ -19,3 +19,4 @@ POLICY_STEPS = "policy_steps"  # steps kept this iteration (sum)
 FROZEN_MINIBATCHES = "minibatches_after_rollback"  # critic-only minibatches (sum)
 SKIPPED_STEPS = "skipped_steps"  # non-finite direction or zero step (sum)
 KFAC_SECONDS = "kfac_seconds"  # time in curvature, preconditioning and manipulation
+MARGIN_COST = "margin_episode_cost"  # the Jc the margin weights used (EMA, margin_cost_ema)
