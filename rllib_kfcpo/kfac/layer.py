@@ -85,6 +85,9 @@ class LinearStatistics:
     def stop_capture(self) -> None:
         """Removes the hooks (what was captured stays until :meth:`batch_factors`)."""
         self._capturing = False
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -105,9 +108,7 @@ class LinearStatistics:
     def stop_recording(self) -> None:
         """Removes the hook; the recorded input and output stay until :meth:`clear`."""
         self._recording = False
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._remove_hooks()
 
     @property
     def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -170,35 +170,34 @@ class KFACPreconditioner:
         ``-mean(log pi(a~|s))`` (a~ sampled from the current policy) inside, then call
         :meth:`update_factors`. Any previous, unused capture is discarded on entry.
         """
-        if self._capturing:
-            raise RuntimeError("KFACPreconditioner.capture() cannot be nested.")
-        self._capturing = True
-        for stats in self.stats:
-            stats.start_capture()
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=FIRST_LAYER_HOOK_WARNING,
-                                        category=UserWarning)
-                yield
-        finally:
-            for stats in self.stats:
-                stats.stop_capture()
-            self._capturing = False
+        with self._hook_window("capture", LinearStatistics.start_capture,
+                               LinearStatistics.stop_capture), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=FIRST_LAYER_HOOK_WARNING,
+                                    category=UserWarning)
+            yield
 
     @contextmanager
     def record(self) -> Iterator[None]:
         """Records every layer's input and output of ONE differentiable forward run inside,
         for :meth:`score_gradients`. Any previous, unused capture is discarded on entry."""
+        with self._hook_window("record", LinearStatistics.start_recording,
+                               LinearStatistics.stop_recording):
+            yield
+
+    @contextmanager
+    def _hook_window(self, name: str, start: Any, stop: Any) -> Iterator[None]:
+        """Every layer's hooks exist exactly inside the block (one window at a time)."""
         if self._capturing:
-            raise RuntimeError("KFACPreconditioner.record() cannot be nested in capture().")
+            raise RuntimeError(f"KFACPreconditioner.{name}() cannot be nested in capture() "
+                               "or record().")
         self._capturing = True
         for stats in self.stats:
-            stats.start_recording()
+            start(stats)
         try:
             yield
         finally:
             for stats in self.stats:
-                stats.stop_recording()
+                stop(stats)
             self._capturing = False
 
     def score_gradients(

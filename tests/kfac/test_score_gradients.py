@@ -185,3 +185,17 @@ def test_misuse_is_named():
         _outputs(policy, obs[:4])
     with pytest.raises(RuntimeError, match="saw 4 rows"):
         kfac.score_gradients(outputs, torch.zeros_like(outputs), torch.zeros(1, 6))
+
+
+def test_record_and_capture_windows_do_not_nest_and_leave_no_hooks():
+    policy = make_policy(6)
+    kfac = _kfac(policy)
+    with kfac.record(), pytest.raises(RuntimeError, match="cannot be nested"):
+        with kfac.capture():
+            pass
+    with kfac.capture(), pytest.raises(RuntimeError, match="cannot be nested"):
+        with kfac.record():
+            pass
+    for layer in policy.layers:
+        assert not (layer._forward_hooks or layer._forward_pre_hooks
+                    or layer._backward_hooks)
