@@ -5,7 +5,7 @@ writes a results table (final return and cost as mean +- std over seeds, fractio
 seeds within the limit; "final" = mean of the last 3 reported iterations) and learning
 curves (PNG, one per env):
 
-    .venv/bin/python bench/learning.py                      # ~1 h here: 3 seeds x 2 envs
+    .venv/bin/python bench/learning.py --reuse-compiled-model  # 3 seeds x 2 envs x 300k
     .venv/bin/python bench/learning.py --ablations --envs SafetyPointGoal1-v0
     .venv/bin/python bench/learning.py --full               # OmniSafe protocol, a cluster
     .venv/bin/python bench/learning.py --smoke              # seconds, for the test suite
@@ -85,9 +85,9 @@ def main() -> None:
     parser.add_argument("--envs", default="SafetyPointGoal1-v0,SafetyHalfCheetahVelocity-v1")
     parser.add_argument("--seeds", default="0,5,10")
     parser.add_argument("--steps", type=int, default=300_000)
-    parser.add_argument("--batch", type=int, default=10_000, help="train_batch_size")
-    parser.add_argument("--runners", type=int, default=2, help="num_env_runners")
-    parser.add_argument("--envs-per-runner", type=int, default=1,
+    parser.add_argument("--batch", type=int, default=8_000, help="train_batch_size")
+    parser.add_argument("--runners", type=int, default=1, help="num_env_runners")
+    parser.add_argument("--envs-per-runner", type=int, default=4,
                         help="num_envs_per_env_runner")
     parser.add_argument("--reuse-compiled-model", action="store_true",
                         help="navigation envs keep their compiled model on reset "
