@@ -121,10 +121,9 @@ class KroneckerBlock:
     def precondition(self, grad_w: torch.Tensor, grad_b: torch.Tensor | None = None, *,
                      damping: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(A (x) G + damping I)^-1 vec([grad_w, grad_b])``, returned as ``(w, b)``."""
-        v = self.matrix(grad_w, grad_b)
-        rotated = self.qg.T @ v @ self.qa
-        rotated = rotated / (self.lg.unsqueeze(1) * self.la.unsqueeze(0) + damping)
-        return self.split(self.qg @ rotated @ self.qa.T)
+        naturals, _ = self.natural_gram(self.matrix(grad_w, grad_b).unsqueeze(0),
+                                        damping=damping)
+        return self.split(naturals[0])
 
     def natural_gram(self, mats: torch.Tensor, *,
                      damping: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +213,7 @@ class DiagonalBlock:
     def natural_gram(self, grads: torch.Tensor, *,
                      damping: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(K, *shape)`` gradients -> their natural gradients and ``(K, K)`` Fisher Gram."""
-        naturals = grads / (self.fisher + damping)
+        naturals = self.precondition(grads, damping=damping)
         flat = naturals.reshape(naturals.shape[0], -1)
         weighted = (naturals * self.fisher).reshape(naturals.shape[0], -1)
         return naturals, weighted @ flat.T
