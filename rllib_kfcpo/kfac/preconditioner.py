@@ -268,10 +268,11 @@ class KFACPreconditioner:
             grads[k] += list(torch.autograd.grad(
                 outputs, diagonal, grad_outputs=row_weight * score, allow_unused=True,
                 retain_graph=k < weights.shape[0] - 1, materialize_grads=True))
-        if fisher_rows is not None:
+        if fisher_rows is not None:  # statistics for update_factors(); drops the graph
             self._set_fisher_statistics(recorded, hs, fisher_rows, fisher_weights)
-        for stats in self.stats:
-            stats._output = None  # drop the graph reference
+        else:
+            for stats in self.stats:
+                stats.clear()
         return grads
 
     def _set_fisher_statistics(self, recorded: list[tuple[torch.Tensor, torch.Tensor]],
@@ -301,7 +302,8 @@ class KFACPreconditioner:
         """
         started = time.perf_counter()
         count = len(grads)
-        per_block = [list(self._per_block(g, f"grads[{k}]")) for k, g in enumerate(grads)]
+        names = ["grads"] if count == 1 else [f"grads[{k}]" for k in range(count)]
+        per_block = [list(self._per_block(g, name)) for g, name in zip(grads, names, strict=True)]
         naturals: list[list[torch.Tensor]] = [[] for _ in range(count)]
         gram = torch.zeros(count, count, device=self._params[0].device,
                            dtype=self._params[0].dtype)
@@ -360,7 +362,7 @@ class KFACPreconditioner:
         for i, block in enumerate(self.blocks):
             block.fold(factors[2 * i], factors[2 * i + 1], weight)
         self.seconds["capture_fold"] += time.perf_counter() - started
-        if decompose and not self._decompose():
+        if decompose and not self.decompose():
             for block, snapshot in zip(self.blocks, snapshots, strict=True):
                 block.restore(snapshot)
             return False
@@ -374,9 +376,6 @@ class KFACPreconditioner:
             False (and the previous decompositions kept, counted as an eigh failure) when
             an eigendecomposition failed or was non-finite.
         """
-        return self._decompose()
-
-    def _decompose(self) -> bool:
         started = time.perf_counter()
         try:
             decompositions = [block.compute_decomposition() for block in self.blocks]
@@ -405,16 +404,8 @@ class KFACPreconditioner:
 
     def precondition(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Damped natural gradient ``(F + damping I)^-1 g``, aligned with :attr:`params`."""
-        started = time.perf_counter()
-        out: list[torch.Tensor] = []
-        for block, tensors in self._per_block(grads, "grads"):
-            if isinstance(block, KroneckerBlock):
-                w, b = block.precondition(*tensors, damping=self._damping)
-                out += [w] if b is None else [w, b]
-            else:
-                out.append(block.precondition(tensors[0], damping=self._damping))
-        self.seconds["precondition"] += time.perf_counter() - started
-        return out
+        naturals, _ = self.natural_directions([grads])
+        return naturals[0]
 
     def inner(self, u: Sequence[torch.Tensor], v: Sequence[torch.Tensor]) -> torch.Tensor:
         """``u^T F v`` with the undamped factors, summed over all blocks (a 0-d tensor)."""
