@@ -1,7 +1,8 @@
 """Roll out a trained checkpoint and report episode return and episode cost.
 
-Training-time ``episode_cost_mean`` averages the last 100 episodes of a *stochastic*
-policy whose weights changed during those episodes; :func:`evaluate_checkpoint` rolls out
+Training-time ``episode_cost_mean`` averages the latest iteration's episodes (and Jc,
+``episode_cost_window_mean``, the last 100) of a *stochastic* policy whose weights changed
+during those episodes; :func:`evaluate_checkpoint` rolls out
 one fixed policy (deterministic by default), so the two numbers differ by design.
 """
 

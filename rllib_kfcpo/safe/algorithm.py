@@ -1,9 +1,10 @@
 """The training loop shared by every safe algorithm.
 
 Same shape as RLlib's PPO ``training_step`` (sample, update learners, sync weights), plus
-one thing: the windowed mean episode cost Jc, measured on the env runners, is handed to
-the learners in ``timesteps`` so the constraint logic (Lagrange multiplier, KFCPO's
-margin) reads the very number users see as ``env_runners/episode_cost_mean``.
+one thing: the mean episode cost Jc is handed to the learners in ``timesteps`` so the
+constraint logic (Lagrange multiplier, KFCPO's margin) reads one number, logged for users
+as ``env_runners/episode_cost_window_mean`` (the last ``cost_window_episodes`` episodes,
+OmniSafe's Jc) or, with ``cost_window_episodes=0``, ``env_runners/episode_cost_mean``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ from ray.rllib.utils.metrics import (
 )
 
 from rllib_kfcpo.safe.callbacks import MissingCostError, NonFiniteEnvDataError
-from rllib_kfcpo.safe.columns import EPISODE_COST_FOR_LEARNER, EPISODE_COST_MEAN
+from rllib_kfcpo.safe.columns import (
+    EPISODE_COST_FOR_LEARNER,
+    EPISODE_COST_MEAN,
+    EPISODE_COST_WINDOW_MEAN,
+)
+from rllib_kfcpo.safe.episode_cost import EpisodeCostWindow
 from rllib_kfcpo.safe.validation import check_env_emits_cost
 
 logger = logging.getLogger(__name__)
@@ -46,6 +52,8 @@ META_ALGORITHM = "rllib_kfcpo_algorithm"
 META_FORMAT_VERSION = "rllib_kfcpo_format_version"
 #: Set to 1 to skip the cluster-resource check (e.g. on an autoscaling cluster).
 SKIP_RESOURCE_CHECK_ENV = "RLLIB_KFCPO_SKIP_RESOURCE_CHECK"
+#: Algorithm-state key of the episode-cost window (restored with the checkpoint).
+STATE_COST_WINDOW = "safe_episode_cost_window"
 
 
 class ClusterResourceError(ValueError):
@@ -186,7 +194,26 @@ class SafeAlgorithm(PPO):
         check_env_emits_cost(config_obj)
         # ... or if the cluster cannot host the requested learners/env runners.
         check_cluster_resources(config_obj)
+        window = int(getattr(config_obj, "cost_window_episodes", 0) or 0)
+        #: Jc over the last ``cost_window_episodes`` finished episodes (None: RLlib's
+        #: latest-iteration mean; see rllib_kfcpo.safe.episode_cost).
+        self.cost_window = EpisodeCostWindow(window) if window > 0 else None
         super().setup(config)
+
+    # --- State --------------------------------------------------------------------------
+    @override(PPO)
+    def get_state(self, components: Any = None, *, not_components: Any = None,
+                  **kwargs: Any) -> dict[str, Any]:
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if self.cost_window is not None:
+            state[STATE_COST_WINDOW] = self.cost_window.state_dict()
+        return state
+
+    @override(PPO)
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        if self.cost_window is not None and STATE_COST_WINDOW in state:
+            self.cost_window.load_state_dict(state[STATE_COST_WINDOW])
 
     # --- Checkpoints --------------------------------------------------------------------
     @override(PPO)
@@ -233,7 +260,15 @@ class SafeAlgorithm(PPO):
         return super().from_checkpoint(path, filesystem=filesystem, **kwargs)
 
     def episode_cost_mean(self) -> float:
-        """Jc: windowed mean episode cost over all env runners (NaN before any episode)."""
+        """Jc, the number every constraint rule compares with ``cost_limit``.
+
+        The mean cost of the last ``cost_window_episodes`` finished episodes over all env
+        runners (OmniSafe's Jc), or with ``cost_window_episodes=0`` RLlib's
+        ``env_runners/episode_cost_mean`` (the latest iteration's episodes). NaN before
+        any episode has finished.
+        """
+        if self.cost_window is not None:
+            return self.cost_window.mean()
         value = self.metrics.peek((ENV_RUNNER_RESULTS, EPISODE_COST_MEAN), default=math.nan)
         return float(value)
 
@@ -289,6 +324,10 @@ class SafeAlgorithm(PPO):
             if not episodes:
                 return
             self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
+            if self.cost_window is not None:
+                self.cost_window.observe(episodes)
+                self.metrics.log_value((ENV_RUNNER_RESULTS, EPISODE_COST_WINDOW_MEAN),
+                                       self.cost_window.mean(), window=1)
 
         with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
             try:

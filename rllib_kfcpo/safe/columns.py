@@ -8,7 +8,7 @@ appear on the driver as ``env_runners/<key>``; learner values as
 # --- Train-batch columns (learner connector pipeline) ---------------------------------
 #: Raw per-step cost ``c_t`` emitted by the env as ``info["cost"]`` after step ``t``.
 COSTS = "costs"
-#: Cost advantages (GAE over costs with ``cost_gamma``/``cost_lambda``), centred.
+#: Cost advantages (GAE over costs with ``cost_gamma``/``cost_lambda``), standardised or centred (``cost_advantages``).
 COST_ADVANTAGES = "cost_advantages"
 #: Cost value targets (GAE returns over costs) for the cost critic.
 COST_VALUE_TARGETS = "cost_value_targets"
@@ -22,6 +22,9 @@ EPISODE_COST_FOR_LEARNER = "safe_episode_cost_mean"
 EPISODE_COST_MEAN = "episode_cost_mean"
 EPISODE_COST_MAX = "episode_cost_max"
 EPISODE_COST_MIN = "episode_cost_min"
+#: Mean cost of the last ``cost_window_episodes`` finished episodes (logged by the driver
+#: under env_runners/), the Jc the learners receive.
+EPISODE_COST_WINDOW_MEAN = "episode_cost_window_mean"
 
 # --- Learner metrics (appear as learners/<module_id>/<key>) ---------------------------
 COST_VF_LOSS_KEY = "cost_vf_loss"

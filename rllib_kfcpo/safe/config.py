@@ -22,6 +22,7 @@ from ray.rllib.utils.annotations import override
 from rllib_kfcpo.modules.safe_actor_critic import SafeActorCriticTorchModule
 from rllib_kfcpo.safe.callbacks import SafeMetricsCallback
 from rllib_kfcpo.safe.connectors import (
+    COST_ADVANTAGE_MODES,
     DEFAULT_CONNECTOR_TIMING_INTERVAL,
     AddCostsToBatch,
     SampledTimingEnvToModulePipeline,
@@ -39,6 +40,10 @@ class SafeAlgorithmConfig(PPOConfig):
         self.cost_gamma = 0.99
         self.cost_lambda = 0.95
         self.cost_vf_loss_coeff = 1.0
+        # OmniSafe's protocol: Jc over the last 100 finished episodes, standardised cost
+        # advantages (docs/cost-semantics.md).
+        self.cost_window_episodes = 100
+        self.cost_advantages = "standardize"
         self.normalize_observations = True
         # Env runners record their connector-pipeline timers on 1 call in this many
         # (sampling cost; see rllib_kfcpo.safe.connectors). 1 = every call, like RLlib.
@@ -69,6 +74,8 @@ class SafeAlgorithmConfig(PPOConfig):
         cost_gamma: float | None = NotProvided,
         cost_lambda: float | None = NotProvided,
         cost_vf_loss_coeff: float | None = NotProvided,
+        cost_window_episodes: int | None = NotProvided,
+        cost_advantages: str | None = NotProvided,
         **kwargs: Any,
     ) -> SafeAlgorithmConfig:
         """Sets training settings; the safe ones are below, the rest are PPOConfig's.
@@ -79,6 +86,12 @@ class SafeAlgorithmConfig(PPOConfig):
             cost_gamma: Discount of the cost critic and cost GAE.
             cost_lambda: GAE lambda for cost advantages.
             cost_vf_loss_coeff: Weight of the cost critic's squared error.
+            cost_window_episodes: Jc, the episode cost every constraint rule reads, is the
+                mean over the last this-many finished episodes of all env runners
+                (OmniSafe: 100). 0: RLlib's ``episode_cost_mean``, the mean over the
+                latest iteration's episodes.
+            cost_advantages: ``"standardize"`` (OmniSafe) or ``"center"`` the cost
+                advantages over the batch (reward advantages are always standardised).
         """
         super().training(**kwargs)
         if cost_limit is not NotProvided:
@@ -89,6 +102,10 @@ class SafeAlgorithmConfig(PPOConfig):
             self.cost_lambda = cost_lambda
         if cost_vf_loss_coeff is not NotProvided:
             self.cost_vf_loss_coeff = cost_vf_loss_coeff
+        if cost_window_episodes is not NotProvided:
+            self.cost_window_episodes = cost_window_episodes
+        if cost_advantages is not NotProvided:
+            self.cost_advantages = cost_advantages
         return self
 
     def observation_normalization(self, enabled: bool = True) -> SafeAlgorithmConfig:
@@ -168,6 +185,17 @@ class SafeAlgorithmConfig(PPOConfig):
                 self._value_error(
                     f"training({name}={value!r}) is invalid: {name} must be {allowed}."
                 )
+        window = self.cost_window_episodes
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            self._value_error(
+                f"training(cost_window_episodes={window!r}) is invalid: it must be an "
+                "integer >= 0 (OmniSafe: 100; 0 = the latest iteration's episodes)."
+            )
+        if self.cost_advantages not in COST_ADVANTAGE_MODES:
+            self._value_error(
+                f"training(cost_advantages={self.cost_advantages!r}) is invalid: it must be "
+                f"one of {COST_ADVANTAGE_MODES}."
+            )
         counts = [("learners", "num_learners", self.num_learners),
                   ("env_runners", "num_env_runners", self.num_env_runners),
                   ("env_runners", "num_envs_per_env_runner", self.num_envs_per_env_runner),

@@ -140,16 +140,23 @@ def _masked_mean_std(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return mean, var**0.5
 
 
+#: Normalisations of the cost advantages (``training(cost_advantages=...)``).
+COST_ADVANTAGE_MODES = ("standardize", "center")
+
+
 class SafeGeneralAdvantageEstimation(ConnectorV2):
     """GAE for rewards and for costs, each with its own gamma and lambda.
 
     Adds ``advantages``/``value_targets`` (reward) and ``cost_advantages``/
     ``cost_value_targets``. Truncated chunks bootstrap from the value of the extra step,
     terminated episodes do not (RLlib's ``compute_value_targets`` convention). Reward
-    advantages are standardised, cost advantages are centred (OmniSafe's choice: the
-    cost scale stays meaningful for the constraint); both statistics are taken over the
+    advantages are standardised; cost advantages are standardised or centred (see
+    below); both statistics are taken over the
     real steps of the whole batch across all learners, so a batch split over n learners
     is normalised exactly like the whole batch on one learner.
+
+    Cost advantages (``cost_advantages``): ``"standardize"`` (mean 0, std 1, OmniSafe's
+    ``standardized_cost_adv: true``) or ``"center"`` (mean 0, the cost scale kept).
     """
 
     def __init__(
@@ -162,7 +169,7 @@ class SafeGeneralAdvantageEstimation(ConnectorV2):
         cost_gamma: float,
         cost_lambda: float,
         standardize_reward_advantages: bool = True,
-        center_cost_advantages: bool = True,
+        cost_advantages: str = "standardize",
     ) -> None:
         super().__init__(input_observation_space, input_action_space)
         self.gamma = gamma
@@ -170,7 +177,10 @@ class SafeGeneralAdvantageEstimation(ConnectorV2):
         self.cost_gamma = cost_gamma
         self.cost_lambda = cost_lambda
         self.standardize_reward_advantages = standardize_reward_advantages
-        self.center_cost_advantages = center_cost_advantages
+        if cost_advantages not in COST_ADVANTAGE_MODES:
+            raise ValueError(f"cost_advantages={cost_advantages!r} is invalid: use one of "
+                             f"{COST_ADVANTAGE_MODES}.")
+        self.cost_advantages = cost_advantages
 
     @override(ConnectorV2)
     def __call__(
@@ -204,9 +214,10 @@ class SafeGeneralAdvantageEstimation(ConnectorV2):
             if self.standardize_reward_advantages:
                 mean, std = _masked_mean_std(adv, mask)
                 adv = (adv - mean) / max(std, 1e-8)
-            if self.center_cost_advantages:
-                mean, _ = _masked_mean_std(cost_adv, mask)
-                cost_adv = cost_adv - mean
+            mean, std = _masked_mean_std(cost_adv, mask)
+            cost_adv = cost_adv - mean
+            if self.cost_advantages == "standardize":
+                cost_adv = cost_adv / max(std, 1e-8)
             for key, value in (
                 (Postprocessing.ADVANTAGES, adv),
                 (Postprocessing.VALUE_TARGETS, targets),

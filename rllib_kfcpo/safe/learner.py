@@ -91,6 +91,7 @@ class SafeTorchLearner(PPOTorchLearner):
                     lambda_=self.config.lambda_,
                     cost_gamma=self.config.cost_gamma,
                     cost_lambda=self.config.cost_lambda,
+                    cost_advantages=self.config.cost_advantages,
                 )
             )
 

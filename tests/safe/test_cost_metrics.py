@@ -8,7 +8,12 @@ from ray.rllib.core.columns import Columns
 
 from rllib_kfcpo import PPOLagConfig
 from rllib_kfcpo.envs.toy import KNOWN_COST_ENV, known_cost
-from rllib_kfcpo.safe.columns import COSTS, EPISODE_COST_MAX, EPISODE_COST_MEAN
+from rllib_kfcpo.safe.columns import (
+    COSTS,
+    EPISODE_COST_MAX,
+    EPISODE_COST_MEAN,
+    EPISODE_COST_WINDOW_MEAN,
+)
 
 EPISODE_LEN = 13  # not a divisor of the fragment length: episodes cross chunk borders
 
@@ -62,27 +67,47 @@ def test_cost_column_matches_what_the_env_emitted(ray_local):
         algo.stop()
 
 
-def test_jc_is_the_mean_over_the_latest_iterations_episodes(ray_local):
-    """Episode k costs k; two whole episodes per iteration: iteration i (1-based) ends
-    episodes 2i-2 and 2i-1. Measured on RLlib 2.60: the windowed metric on the driver
-    (window = metrics_num_episodes_for_smoothing = 100) is the mean over the episodes
-    that ended in the latest iteration, 2i-1.5, not over the last 100 episodes (i-0.5
-    here): the learners' Jc does not lag behind the policy."""
+def _indexed_cost_config(window: int) -> PPOLagConfig:
     length = 10
-    cfg = (
+    return (
         PPOLagConfig()
         .environment(KNOWN_COST_ENV, env_config={"episode_len": length,
                                                  "cost_per_episode_index": True})
         .env_runners(num_env_runners=1, rollout_fragment_length=2 * length)
-        .training(train_batch_size=2 * length, minibatch_size=length, num_epochs=1)
+        .training(train_batch_size=2 * length, minibatch_size=length, num_epochs=1,
+                  cost_window_episodes=window)
     )
-    algo = cfg.build_algo()
+
+
+@pytest.mark.parametrize("window", [0, 3, 100])
+def test_jc_windows(ray_local, window, tmp_path):
+    """Episode k costs k; two whole episodes per iteration: iteration i (1-based) ends
+    episodes 2i-2 and 2i-1. Measured on RLlib 2.60: its windowed metric on the driver
+    (window = metrics_num_episodes_for_smoothing = 100) is the mean over the episodes
+    that ended in the latest iteration, 2i-1.5, not over the last 100 episodes. The
+    learners' Jc is that number with ``cost_window_episodes=0``, and otherwise the mean of
+    the last N finished episodes (OmniSafe's Jc): i-0.5 for N=100 (all so far here), and
+    for N=3 the mean of episodes 2i-3..2i-1, 2i-2. The window survives a checkpoint."""
+    algo = _indexed_cost_config(window).build_algo()
     try:
         for i in range(1, 5):
             result = algo.train()
             seen = result["learners"]["default_policy"]["episode_cost_seen_by_learner"]
             assert result["env_runners"][EPISODE_COST_MEAN] == pytest.approx(2 * i - 1.5,
                                                                              abs=1e-6), i
-            assert seen == pytest.approx(2 * i - 1.5, abs=1e-6), i
+            expected = {0: 2 * i - 1.5, 3: (2 * i - 2 if i > 1 else 0.5), 100: i - 0.5}
+            assert seen == pytest.approx(expected[window], abs=1e-6), i
+            if window:
+                assert result["env_runners"][EPISODE_COST_WINDOW_MEAN] == pytest.approx(
+                    expected[window], abs=1e-6)
+        algo.save_to_path(str(tmp_path / "ckpt"))
     finally:
         algo.stop()
+    if window:
+        algo = _indexed_cost_config(window).build_algo()
+        try:
+            algo.restore_from_path(str(tmp_path / "ckpt"))
+            assert list(algo.cost_window.costs) == pytest.approx(
+                list(range(8))[-window:], abs=1e-9)
+        finally:
+            algo.stop()

@@ -52,16 +52,23 @@ def brute_force_gae(values, next_values, rewards, terminated, gamma, lam):
     return adv
 
 
-@pytest.fixture(scope="module")
-def learner():
+def _learner(cost_advantages: str = "standardize"):
     config = (
         PPOLagConfig()
-        .training(gamma=GAMMA, lambda_=LAM, cost_gamma=CGAMMA, cost_lambda=CLAM)
+        .training(gamma=GAMMA, lambda_=LAM, cost_gamma=CGAMMA, cost_lambda=CLAM,
+                  cost_advantages=cost_advantages)
     )
     return config.build_learner(spaces={"default_policy": (OBS, ACT)})
 
 
-def test_reward_and_cost_gae_match_brute_force(learner):
+@pytest.fixture(scope="module")
+def learner():
+    return _learner()
+
+
+@pytest.mark.parametrize("cost_advantages", ["standardize", "center"])
+def test_reward_and_cost_gae_match_brute_force(cost_advantages):
+    learner = _learner(cost_advantages)
     rng = np.random.default_rng(0)
     episodes = [make_episode(rng, 6, terminated=True), make_episode(rng, 9, terminated=False),
                 make_episode(rng, 4, terminated=False)]
@@ -99,10 +106,12 @@ def test_reward_and_cost_gae_match_brute_force(learner):
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b[COST_VALUE_TARGETS][mask], np.concatenate(ctargets),
                                rtol=1e-5, atol=1e-5)
-    # Reward advantages standardised, cost advantages centred, over the real steps.
+    # Reward advantages standardised, cost advantages standardised (OmniSafe) or centred,
+    # over the real steps.
     np.testing.assert_allclose(b[Postprocessing.ADVANTAGES][mask],
                                (adv - adv.mean()) / adv.std(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(b[COST_ADVANTAGES][mask], cadv - cadv.mean(),
+    scale = cadv.std() if cost_advantages == "standardize" else 1.0
+    np.testing.assert_allclose(b[COST_ADVANTAGES][mask], (cadv - cadv.mean()) / scale,
                                rtol=1e-4, atol=1e-4)
 
 
