@@ -8,7 +8,8 @@ appear on the driver as ``env_runners/<key>``; learner values as
 # --- Train-batch columns (learner connector pipeline) ---------------------------------
 #: Raw per-step cost ``c_t`` emitted by the env as ``info["cost"]`` after step ``t``.
 COSTS = "costs"
-#: Cost advantages (GAE over costs with ``cost_gamma``/``cost_lambda``), standardised or centred (``cost_advantages``).
+#: Cost advantages (GAE over costs with ``cost_gamma``/``cost_lambda``), standardised or
+#: centred (``cost_advantages``).
 COST_ADVANTAGES = "cost_advantages"
 #: Cost value targets (GAE returns over costs) for the cost critic.
 COST_VALUE_TARGETS = "cost_value_targets"

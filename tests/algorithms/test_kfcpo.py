@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -199,3 +201,35 @@ def test_margin_cost_is_an_ema_of_jc_over_iterations_and_is_checkpointed(tmp_pat
 def test_margin_cost_ema_is_validated():
     with pytest.raises(ValueError, match=r"margin_cost_ema must be in \(0, 1\]"):
         toy_config(margin_cost_ema=0.0).validate()
+
+
+def _one_update(jc: float, **training) -> dict:
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    learner = toy_config(**training).training(num_epochs=1).build_learner(spaces=spaces)
+    out = learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": jc},
+                         num_epochs=1, minibatch_size=204)["default_policy"]
+    return {k: float(v.peek()) if hasattr(v, "peek") else v for k, v in out.items()}
+
+
+@pytest.mark.parametrize("jc", [0.0, 5.0, 40.0])
+def test_span_step_fills_the_trust_region_with_the_margin_requirement(jc):
+    """step_rule='span': the kept step's quadratic KL is exactly trust_region_kl (the
+    radius sizes it), and kappa = 2 w_c - 1 follows the margin weights."""
+    out = _one_update(jc, step_rule="span", trust_region_kl=1e-3, kl_rollback=False)
+    assert out["policy_steps"] == 1
+    assert out["kl_quadratic_estimate"] == pytest.approx(1e-3, rel=1e-6)
+    assert out["cost_requirement"] == pytest.approx(2 * out["weight_cost"] - 1, abs=1e-12)
+    if jc > 10:  # far over the limit (5): almost pure cost descent, the requirement binds
+        assert out["cost_requirement"] > 0.99 and out["cost_requirement_active"] == 1.0
+
+
+def test_adaptive_trust_region_tracks_real_over_quadratic_kl():
+    """After one kept step the ratio is exp(0.2 log(step_kl / quad_kl)) from 1.0, and the
+    next update's quadratic budget is trust_region_kl divided by it."""
+    out = _one_update(20.0, adaptive_trust_region=True, trust_region_kl=1e-3,
+                      kl_rollback=False)
+    expected = math.exp(0.2 * math.log(out["kl_of_step"] / out["kl_quadratic_estimate"]))
+    assert out["kl_real_over_quadratic"] == pytest.approx(expected, rel=1e-6)
+    # The first step of a learner used ratio 1: its quadratic KL is the plain budget.
+    assert out["kl_quadratic_estimate"] == pytest.approx(1e-3, rel=1e-6)

@@ -20,6 +20,7 @@ from rllib_kfcpo.safe.algorithm import SafeAlgorithm
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
 
 MARGIN_SCHEDULES = ("sigmoid", "hard")
+STEP_RULES = ("blend", "span")
 PROJECTIONS = ("harmful", "both", "none")
 
 #: name -> (default, one-line description); the single place each KFCPO setting is documented.
@@ -31,6 +32,12 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "kfac_inv_update_steps": (4, "Eigendecompose the factors every N minibatch steps after "
                                  "the burn-in (1: every step)."),
     "trust_region_kl": (2e-3, "Bound on the quadratic KL 0.5 a^2 d'Fd of one minibatch step."),
+    "adaptive_trust_region": (False, "Divide trust_region_kl by the running real/quadratic "
+                                     "KL ratio of kept steps, so steps are sized to the real "
+                                     "KL."),
+    "step_rule": ("blend", "'blend' (w_r n_r' + w_c n_c', scaled to the trust region) or "
+                           "'span' (exact best reward step in span(n_r, n_c) that buys the "
+                           "share 2 w_c - 1 of the largest cost decrease)."),
     "max_step_size": (1.0, "Upper bound on the step size a along the combined direction."),
     "margin_schedule": ("sigmoid", "'sigmoid' (smooth margin weights) or 'hard' switch."),
     "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
@@ -94,6 +101,8 @@ class KFCPOConfig(SafeAlgorithmConfig):
             ("margin_cost_ema", lambda v: isinstance(v, (int, float))
              and not isinstance(v, bool) and 0 < v <= 1, "in (0, 1]"),
             ("margin_schedule", lambda v: v in MARGIN_SCHEDULES, f"one of {MARGIN_SCHEDULES}"),
+            ("step_rule", lambda v: v in STEP_RULES, f"one of {STEP_RULES}"),
+            ("adaptive_trust_region", lambda v: isinstance(v, bool), "True or False"),
             ("projection", lambda v: v in PROJECTIONS, f"one of {PROJECTIONS}"),
             ("use_kfac", lambda v: isinstance(v, bool), "True or False"),
             ("normalize_directions", lambda v: isinstance(v, bool), "True or False"),

@@ -41,9 +41,11 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     blend,
     combine_directions,
     cost_margin,
+    cost_requirement,
     euclidean_inner,
     gram_matrix,
     margin_weights,
+    solve_span_trust_region,
     trust_region_step_size,
 )
 from rllib_kfcpo.kfac import KFACPreconditioner
@@ -59,6 +61,10 @@ from rllib_kfcpo.safe.learner import SafeTorchLearner, masked_mean
 CRITIC_OPTIMIZER = "critic"
 #: Exact Fisher of a Gaussian's log-std, per dimension: E[(z^2 - 1)^2] = 2.
 LOG_STD_FISHER = 2.0
+#: ``adaptive_trust_region``: weight of the newest kept step in the running (geometric)
+#: mean of real KL / quadratic KL, and the range that ratio is clamped to.
+KL_RATIO_EMA = 0.2
+KL_RATIO_RANGE = (0.25, 20.0)
 
 
 def _distributed() -> bool:
@@ -76,6 +82,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
         self.kfac: dict[str, KFACPreconditioner] = {}
         self.policy_frozen = False
         self.margin_cost = math.nan  # Jc as the margin weights see it (see margin_cost_ema)
+        self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
             if _distributed():  # No DDP: start every learner from rank 0's weights.
@@ -157,17 +164,42 @@ class KFCPOTorchLearner(SafeTorchLearner):
         )
         coeffs, info = combine_directions(gram, w_reward, w_cost, projection=cfg.projection,
                                           normalize=cfg.normalize_directions)
+        # The quadratic KL budget of this step, corrected by the measured real/quadratic
+        # ratio of earlier steps (adaptive_trust_region).
+        step_kl_budget = cfg.trust_region_kl / (self.kl_ratio if cfg.adaptive_trust_region
+                                                else 1.0)
+        if cfg.step_rule == "span":
+            kappa = cost_requirement(w_cost)
+            coeffs, span = solve_span_trust_region(
+                gram,
+                (float(euclidean_inner(g_reward, n_reward)),
+                 float(euclidean_inner(g_reward, n_cost))),
+                (float(euclidean_inner(g_cost, n_reward)),
+                 float(euclidean_inner(g_cost, n_cost))),
+                radius=math.sqrt(2.0 * step_kl_budget), kappa=kappa,
+            )
+            info.update(quad=span["quad"], kappa=kappa, active=span["active"])
+            step = 1.0 if span["quad"] > 0.0 else 0.0  # the radius already sizes the step
+        else:
+            step = trust_region_step_size(info["quad"], max_kl=step_kl_budget,
+                                          max_step=cfg.max_step_size)
         direction = blend(coeffs, n_reward, n_cost)
-        step = trust_region_step_size(info["quad"], max_kl=cfg.trust_region_kl,
-                                      max_step=cfg.max_step_size)
         kfac_seconds = time.perf_counter() - started
         if step <= 0.0 or not all(bool(torch.isfinite(d).all()) for d in direction):
             self.metrics.log_value((module_id, M.SKIPPED_STEPS), 1, reduce="sum")
             return critic_loss
 
-        kl, step, backtracks = self._step_with_rollback(module, kfac.params, direction, step,
-                                                        obs, batch, cfg)
+        kl, step, backtracks, step_kl = self._step_with_rollback(
+            module, kfac.params, direction, step, obs, batch, cfg, dist)
         self.metrics.log_value((module_id, M.BACKTRACKS), backtracks, reduce="sum")
+        quad_kl = 0.5 * step**2 * info["quad"]
+        if step > 0.0 and quad_kl > 0.0 and step_kl > 0.0:
+            # Running geometric mean of real / quadratic KL of kept steps, clamped.
+            log_ratio = ((1.0 - KL_RATIO_EMA) * math.log(self.kl_ratio)
+                         + KL_RATIO_EMA * math.log(step_kl / quad_kl))
+            self.kl_ratio = min(max(math.exp(log_ratio), KL_RATIO_RANGE[0]),
+                                KL_RATIO_RANGE[1])
+        info["step_kl"] = step_kl
         with torch.no_grad():
             behaviour = module.get_train_action_dist_cls().from_logits(
                 batch[Columns.ACTION_DIST_INPUTS])
@@ -234,7 +266,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
     def _step_with_rollback(self, module: Any, params: Sequence[nn.Parameter],
                             direction: Sequence[torch.Tensor], step: float,
                             obs: torch.Tensor, batch: dict[str, Any],
-                            cfg: Any) -> tuple[float, float, int]:
+                            cfg: Any, before: Any) -> tuple[float, float, int, float]:
         """Takes the step; if the real KL leaves ``target_kl``, undoes it bit-for-bit.
 
         After an undo the step is retried at half the size, up to ``rollback_backtracks``
@@ -243,7 +275,8 @@ class KFCPOTorchLearner(SafeTorchLearner):
         all learners decide alike.
 
         Returns:
-            ``(kl, step actually kept (0.0 when frozen), number of halvings)``.
+            ``(kl, step actually kept (0.0 when frozen), number of halvings, step_kl)`` with
+            ``step_kl`` the real KL(``before`` || after) of the kept step (0.0 when frozen).
         """
         snapshot = [p.detach().clone() for p in params]
         dist_cls = module.get_train_action_dist_cls()
@@ -258,15 +291,16 @@ class KFCPOTorchLearner(SafeTorchLearner):
                 for p, d in zip(params, direction, strict=True):
                     p.add_(d, alpha=step)
                 current = dist_cls.from_logits(module.action_dist_inputs(obs))
-                kl = masked_mean(behaviour.kl(current), batch).reshape(1)
-                all_reduce_mean_([kl])
-                kl_value = float(kl)
+                kls = torch.stack([masked_mean(behaviour.kl(current), batch),
+                                   masked_mean(before.kl(current), batch)])
+                all_reduce_mean_([kls])
+                kl_value, step_kl = (float(v) for v in kls)
                 if not cfg.kl_rollback or kl_value <= cfg.target_kl:
-                    return kl_value, step, attempt
+                    return kl_value, step, attempt, step_kl
             for p, saved in zip(params, snapshot, strict=True):
                 p.copy_(saved)
             self.policy_frozen = True
-        return kl_value, 0.0, attempts - 1
+        return kl_value, 0.0, attempts - 1, 0.0
 
     def _log_step(self, module_id: str, info: dict[str, float], w_reward: float,
                   w_cost: float, step: float, kl: float, kfac_seconds: float, dist: Any,
@@ -283,10 +317,15 @@ class KFCPOTorchLearner(SafeTorchLearner):
             M.QUAD_KL: 0.5 * step**2 * info["quad"],
             M.KL_BEFORE_STEP: info["kl_before"],
             M.KL_AFTER_STEP: kl,
+            M.STEP_KL: info["step_kl"],
+            M.KL_RATIO: self.kl_ratio,
             M.KFAC_SECONDS: kfac_seconds,
             ENTROPY_KEY: float(masked_mean(dist.entropy(), batch).detach()),
             POLICY_LOSS_KEY: -float(reward_surrogate),
         }
+        if "kappa" in info:
+            values[M.COST_REQUIREMENT] = info["kappa"]
+            values[M.CONSTRAINT_ACTIVE] = info["active"]
         for key, value in values.items():
             self.metrics.log_value((module_id, key), value, reduce="mean")
         self.metrics.log_value((module_id, M.ROLLBACKS), rolled_back, reduce="sum")
@@ -308,12 +347,14 @@ class KFCPOTorchLearner(SafeTorchLearner):
             **super().get_safe_state(),
             "kfac": {mid: k.state_dict() for mid, k in self.kfac.items()},
             "margin_cost": self.margin_cost,
+            "kl_ratio": self.kl_ratio,
         }
 
     @override(SafeTorchLearner)
     def set_safe_state(self, state: dict[str, Any]) -> None:
         super().set_safe_state(state)
         self.margin_cost = float(state.get("margin_cost", self.episode_cost))
+        self.kl_ratio = float(state.get("kl_ratio", 1.0))
         for mid, kfac_state in state.get("kfac", {}).items():
             if mid in self.kfac:
                 self.kfac[mid].load_state_dict(kfac_state)

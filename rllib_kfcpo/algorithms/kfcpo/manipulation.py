@@ -131,3 +131,84 @@ def trust_region_step_size(quad: float, *, max_kl: float, max_step: float) -> fl
     if not (math.isfinite(quad) and quad > 0.0):
         return 0.0
     return min(float(max_step), math.sqrt(2.0 * float(max_kl) / quad))
+
+
+def cost_requirement(w_cost: float) -> float:
+    """kappa = 2 w_c - 1 in [-1, 1]: the share of the largest cost decrease the step must buy.
+
+    ``w_c = 1`` (far over the limit): the step must decrease the cost as much as the trust
+    region allows (pure cost descent); ``w_c = 0.5``: it must not increase the cost to first
+    order (the reward direction with its harmful component removed); ``w_c = 0`` (far
+    inside): it may give up as much cost as a pure reward step would (no constraint).
+    """
+    return 2.0 * float(w_cost) - 1.0
+
+
+def solve_span_trust_region(
+    gram: torch.Tensor | Sequence[Sequence[float]],
+    reward_gain: Sequence[float],
+    cost_gain: Sequence[float],
+    radius: float,
+    kappa: float,
+) -> tuple[tuple[float, float], dict[str, float]]:
+    """Exact solution of KFCPO's step subproblem in the span of ``(n_r, n_c)``.
+
+    With ``x = u_r n_r + u_c n_c``, ``Q`` the 2x2 Fisher Gram of ``(n_r, n_c)``,
+    ``a = (g_r.n_r, g_r.n_c)`` the first-order reward gains and ``b = (g_c.n_r, g_c.n_c)``
+    the first-order cost decreases of the two directions (``g_c`` descends the cost)::
+
+        maximise  a.u   subject to   u'Qu <= radius^2,   b.u >= kappa * radius * |b|_Q^-1
+
+    where ``radius * |b|_Q^-1 = radius * sqrt(b'Q^-1 b)`` is the largest cost decrease in
+    the trust region, so ``kappa`` in [-1, 1] (:func:`cost_requirement`) is the share of
+    it the step must buy, and the problem is always feasible. In whitened coordinates
+    ``v = L'u`` (``Q = LL'``) the trust region is a disc: the answer is the reward
+    direction scaled to the disc when it buys enough cost decrease, otherwise the best
+    point of the chord ``b~.v = h`` (the constraint active: the reward direction with the
+    cost component it lacks put back, which at ``kappa = 0`` is the reward direction
+    projected off the cost direction).
+
+    Returns:
+        ``((u_r, u_c), info)``; ``info``: ``active`` (1.0 when the cost requirement binds),
+        ``reward_gain`` and ``cost_decrease`` (a.u, b.u), ``quad`` (u'Qu).
+        ``((0, 0), ...)`` when the Gram is degenerate in both directions.
+    """
+    q = torch.as_tensor(gram, dtype=torch.float64)
+    a_vec = torch.as_tensor(reward_gain, dtype=torch.float64)
+    b_vec = torch.as_tensor(cost_gain, dtype=torch.float64)
+    kappa = max(-1.0, min(1.0, float(kappa)))
+    radius = float(radius)
+    # A tiny ridge keeps the Cholesky factor defined when n_r and n_c are (nearly) parallel.
+    ridge = 1e-12 * max(float(q.diagonal().max()), 1e-30)
+    try:
+        chol = torch.linalg.cholesky(q + ridge * torch.eye(2, dtype=torch.float64))
+    except RuntimeError:
+        return (0.0, 0.0), {"active": 0.0, "reward_gain": 0.0, "cost_decrease": 0.0,
+                            "quad": 0.0}
+    # Whitened gains: a.u = (L^-1 a).(L'u).
+    a_w = torch.linalg.solve_triangular(chol, a_vec[:, None], upper=False)[:, 0]
+    b_w = torch.linalg.solve_triangular(chol, b_vec[:, None], upper=False)[:, 0]
+    a_norm, b_norm = float(a_w.norm()), float(b_w.norm())
+    active = 0.0
+    if b_norm <= 1e-30:  # no cost signal in the span: pure reward step
+        v = radius * a_w / a_norm if a_norm > 1e-30 else torch.zeros(2, dtype=torch.float64)
+    else:
+        h = kappa * radius * b_norm
+        v = radius * a_w / a_norm if a_norm > 1e-30 else None
+        if v is None or float(b_w @ v) < h:
+            active = 1.0
+            b_hat = b_w / b_norm
+            perp = torch.stack([-b_hat[1], b_hat[0]])
+            along = h / b_norm  # = kappa * radius
+            half_chord = math.sqrt(max(radius * radius - along * along, 0.0))
+            side = 1.0 if float(a_w @ perp) >= 0.0 else -1.0
+            v = along * b_hat + side * half_chord * perp
+    u = torch.linalg.solve_triangular(chol.T, v[:, None], upper=True)[:, 0]
+    coeffs = (float(u[0]), float(u[1]))
+    info = {
+        "active": active,
+        "reward_gain": float(a_vec @ u),
+        "cost_decrease": float(b_vec @ u),
+        "quad": float(u @ q @ u),
+    }
+    return coeffs, info
