@@ -8,6 +8,7 @@ curves (PNG, one per env):
     .venv/bin/python bench/learning.py --reuse-compiled-model  # 3 seeds x 2 envs x 300k
     .venv/bin/python bench/learning.py --ablations --envs SafetyPointGoal1-v0
     .venv/bin/python bench/learning.py --full               # OmniSafe protocol, a cluster
+    .venv/bin/python bench/learning.py --headline --reuse-compiled-model  # resumable, hours
     .venv/bin/python bench/learning.py --smoke              # seconds, for the test suite
 
 Every variant gets the same envs, seeds, step budget, batch size and env runners; only
@@ -20,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,19 @@ FULL_ENVS = (
     "SafetyAntVelocity-v1", "SafetyHalfCheetahVelocity-v1", "SafetyHopperVelocity-v1",
     "SafetyWalker2dVelocity-v1", "SafetyPointGoal1-v0", "SafetyCarGoal1-v0",
 )
+
+#: ``--headline``: the binding-task comparison of docs/benchmarks.md (env -> env steps).
+HEADLINE_ENVS = {
+    "SafetyPointGoal1-v0": 1_000_000,
+    "SafetyCarGoal1-v0": 1_000_000,
+    "SafetyHalfCheetahVelocity-v1": 2_000_000,  # the speed limit binds from about 800k
+}
+HEADLINE_SEEDS = (0, 5, 10)
+#: The algorithms the headline compares, in this order, when the package has them.
+HEADLINE_ALGOS = ("KFCPO", "PPOLag", "PPOPIDLag", "CPO")
+HEADLINE_FILE = Path(__file__).resolve().parent / "measured" / "headline.json"
+#: Share of a run's last iterations whose mean is its final return / cost.
+FINAL_SHARE = 0.10
 
 ABLATIONS = {
     "KFCPO-no-projection": {"projection": "none"},
@@ -79,6 +94,147 @@ def summarise(trials: list[dict], limit: float) -> dict[str, float]:
     }
 
 
+def run_record(trial: dict, *, env: str, algo: str, seed: int, limit: float,
+               wall_s: float) -> dict:
+    """One finished run's headline record from its ``progress.csv`` columns.
+
+    ``final_return``/``final_cost``: means over the last 10 % of the run's iterations of the
+    training-time episode return and cost; ``mean_violation``: the mean over all
+    iterations of ``max(0, cost - limit)`` (safety during training, not only at the end).
+    """
+    returns, costs = np.asarray(trial["return"]), np.asarray(trial["cost"])
+    tail = max(1, math.ceil(FINAL_SHARE * len(returns)))
+    return {
+        "env": env, "algo": algo, "seed": seed, "steps": int(np.nanmax(trial["steps"])),
+        "final_return": float(np.nanmean(returns[-tail:])),
+        "final_cost": float(np.nanmean(costs[-tail:])),
+        "mean_violation": float(np.nanmean(np.maximum(0.0, np.nan_to_num(costs) - limit))),
+        "wall_s": float(wall_s),
+    }
+
+
+def load_records(path: Path) -> list[dict]:
+    """The records of finished headline runs ([] when there are none yet)."""
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def save_records(path: Path, records: list[dict]) -> None:
+    """Writes the records atomically (a crash leaves the previous file intact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(sorted(records, key=lambda r: (r["env"], r["algo"], r["seed"])),
+                              indent=1))
+    os.replace(tmp, path)
+
+
+def headline_table(records: list[dict], limit: float) -> list[str]:
+    """Per env: each algorithm's mean +- std over seeds, and the issue's three targets."""
+    lines = []
+    for env in dict.fromkeys(r["env"] for r in records):
+        rows: dict[str, dict] = {}
+        for algo in dict.fromkeys(r["algo"] for r in records if r["env"] == env):
+            runs = [r for r in records if r["env"] == env and r["algo"] == algo]
+            rows[algo] = {
+                "return": np.mean([r["final_return"] for r in runs]),
+                "return_std": np.std([r["final_return"] for r in runs]),
+                "cost": np.mean([r["final_cost"] for r in runs]),
+                "cost_max": max(r["final_cost"] for r in runs),
+                "violation": np.mean([r["mean_violation"] for r in runs]),
+                "seeds": sorted(r["seed"] for r in runs),
+            }
+        lines.append(f"{env}")
+        for algo, row in rows.items():
+            lines.append(f"  {algo:>10} | return {row['return']:8.2f} +- {row['return_std']:6.2f}"
+                         f" | cost {row['cost']:7.2f} (max seed {row['cost_max']:6.2f}) | "
+                         f"mean violation {row['violation']:6.2f} | seeds {row['seeds']}")
+        kf = rows.get("KFCPO")
+        if kf is None:
+            continue
+        feasible = {a: r for a, r in rows.items() if a != "KFCPO" and r["cost"] <= limit}
+        if feasible:
+            best = max(feasible, key=lambda a: feasible[a]["return"])
+            ratio = kf["return"] / feasible[best]["return"] if feasible[best]["return"] > 0 \
+                else math.nan
+            verdict = "met" if ratio >= 1.10 and kf["cost"] <= limit else "NOT met"
+            lines.append(f"  target return >= 1.10 x best feasible baseline ({best}): "
+                         f"x{ratio:.2f} {verdict}")
+        else:
+            lines.append(f"  no baseline within the limit: KFCPO must be "
+                         f"({'met' if kf['cost'] <= limit else 'NOT met'})")
+        lines.append(f"  target mean cost <= {limit:g} and every seed <= {1.5 * limit:g}: "
+                     + ("met" if kf["cost"] <= limit and kf["cost_max"] <= 1.5 * limit
+                        else "NOT met"))
+        if "PPOLag" in rows:
+            ppo = rows["PPOLag"]["violation"]
+            lines.append(f"  target mean violation <= 0.5 x PPOLag's ({ppo:.2f}): "
+                         f"{kf['violation']:.2f} "
+                         + ("met" if kf["violation"] <= 0.5 * ppo else "NOT met"))
+    return lines
+
+
+def run_headline(args: argparse.Namespace, base_config: dict, records_path: Path,
+                 out: Path) -> None:
+    """Trains every missing (env, algorithm, seed) of the headline; skips finished ones.
+
+    Each (env, algorithm) group trains its missing seeds in parallel; an interrupted group
+    is resumed from its Tune checkpoints (every 10 iterations) when the command runs
+    again. Finished runs are appended to ``records_path`` as soon as their group ends.
+    """
+    from rllib_kfcpo.cli.experiment import Experiment, algorithms
+    from rllib_kfcpo.cli.plot import collect, plot_learning_curves
+    from rllib_kfcpo.cli.run import run_experiment
+
+    known = algorithms()
+    algos = [a for a in (args.algos.split(",") if args.algos else HEADLINE_ALGOS)
+             if a in known]
+    envs = {"rllib_kfcpo/ActionCost-v0": 600} if args.smoke else dict(HEADLINE_ENVS)
+    seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
+    limit = base_config["cost_limit"]
+    for env, steps in envs.items():
+        env_dir = out / env.replace("/", "_")
+        for algo in algos:
+            done = {r["seed"] for r in load_records(records_path)
+                    if r["env"] == env and r["algo"] == algo and r["steps"] >= steps}
+            missing = [s for s in seeds if s not in done]
+            if not missing:
+                print(f"== {env} {algo}: seeds {seeds} done, skipped", flush=True)
+                continue
+            name = f"{algo}-seeds{'_'.join(map(str, missing))}"
+            config = {**base_config, **ALGO_SETTINGS.get(algo, {})}
+            if args.smoke:
+                config.update(minibatch_size=100, num_epochs=1)
+            exp = Experiment(name=name, run=algo, env=env, config=config, seeds=missing,
+                             stop={"num_env_steps_sampled_lifetime": steps},
+                             checkpoint_freq=10)
+            resume = (env_dir / name / "tuner.pkl").is_file()
+            started = time.time()
+            run_experiment(exp, storage_path=str(env_dir), resume=resume)
+            wall = time.time() - started
+            trials = collect([env_dir / name])[name]
+            records = load_records(records_path)
+            for trial in trials:
+                seed = int(json.loads((Path(trial["dir"]) / "params.json").read_text())["seed"])
+                records = [r for r in records
+                           if (r["env"], r["algo"], r["seed"]) != (env, algo, seed)]
+                records.append(run_record(trial, env=env, algo=algo, seed=seed, limit=limit,
+                                          wall_s=wall))
+            save_records(records_path, records)
+        if any(env_dir.rglob("progress.csv")):
+            png = records_path.parent / f"headline_{env.replace('/', '_')}.png"
+            plot_learning_curves([env_dir], png)
+    print("\n".join(headline_table(load_records(records_path), limit)))
+
+
+#: Per-algorithm update layout of every comparison here (the same batch, network and env
+#: runners for all): KFCPO takes a natural-gradient step per 2,000-step minibatch, the
+#: first-order methods SGD on 1,024-step minibatches, CPO one step per batch.
+ALGO_SETTINGS = {
+    "KFCPO": {"minibatch_size": 2000, "num_epochs": 10},
+    "PPOLag": {"minibatch_size": 1024, "num_epochs": 10},
+    "PPOPIDLag": {"minibatch_size": 1024, "num_epochs": 10},
+}
+
+
 def main() -> None:
     """Parses the arguments, trains every variant, prints and writes the table."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -101,6 +257,14 @@ def main() -> None:
                         help="comma-separated variant names to run (default: all)")
     parser.add_argument("--full", action="store_true",
                         help="OmniSafe protocol: 5 seeds, 1e7 steps, 20k steps/iteration")
+    parser.add_argument("--headline", action="store_true",
+                        help="resumable binding-task comparison: PointGoal1 and CarGoal1 at 1M,"
+                             " HalfCheetahVelocity at 2M steps, seeds 0,5,10, every algorithm;"
+                             " records in bench/measured/headline.json")
+    parser.add_argument("--algos", default=None,
+                        help="--headline: comma-separated algorithms (default: all there are)")
+    parser.add_argument("--records", default=str(HEADLINE_FILE),
+                        help="--headline: the JSON file of finished runs")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default="bench_results/learning")
     args = parser.parse_args()
@@ -127,6 +291,15 @@ def main() -> None:
                                                (1 + runners) * len(seeds)),
                  include_dashboard=False, log_to_driver=False)
     out = Path(args.out).resolve()
+    if args.headline:
+        base = {"cost_limit": 25.0, "train_batch_size": batch, "num_env_runners": runners,
+                "num_envs_per_env_runner": args.envs_per_runner}
+        if args.reuse_compiled_model:
+            base["env_config"] = {"reuse_compiled_model": True}
+        if args.smoke:
+            base.update(train_batch_size=200, num_env_runners=1, cost_limit=5.0)
+        run_headline(args, base, Path(args.records).resolve(), out)
+        return
     table: dict[str, dict[str, dict]] = {}
     for env in envs:
         env_dir = out / env.replace("/", "_")
@@ -136,10 +309,9 @@ def main() -> None:
                       "num_envs_per_env_runner": args.envs_per_runner, **extra}
             if args.reuse_compiled_model:
                 config["env_config"] = {"reuse_compiled_model": True}
-            if algo == "KFCPO":
-                config.update(minibatch_size=min(2000, batch), num_epochs=10)
-            else:
-                config.update(minibatch_size=min(64 * 16, batch), num_epochs=10)
+            layout = ALGO_SETTINGS.get(algo, {})
+            config.update({k: min(v, batch) if k == "minibatch_size" else v
+                           for k, v in layout.items() if k not in extra})
             if args.smoke:
                 config.update(minibatch_size=100, num_epochs=1, cost_limit=5.0)
             exp = Experiment(name=name, run=algo, env=env, config=config, seeds=seeds,

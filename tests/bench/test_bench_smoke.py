@@ -65,3 +65,22 @@ def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
     assert env_rows["KFCPO"]["seeds"] == 1
     assert 0.0 <= env_rows["PPOLag"]["within_limit"] <= 1.0
     assert list(tmp_path.rglob("learning_curves.png"))
+
+
+def test_headline_smoke_records_runs_and_skips_them_when_run_again(tmp_path: Path):
+    records = tmp_path / "headline.json"
+    args = ("--headline", "--algos", "KFCPO,PPOLag", "--records", str(records),
+            "--out", str(tmp_path / "runs"))
+    out = run_script("learning.py", *args)
+    rows = json.loads(records.read_text())
+    assert {(r["algo"], r["seed"]) for r in rows} == {("KFCPO", 0), ("PPOLag", 0)}
+    for r in rows:
+        assert r["steps"] >= 600 and r["wall_s"] > 0
+        assert r["mean_violation"] >= 0.0
+        assert set(r) == {"env", "algo", "seed", "steps", "final_return", "final_cost",
+                          "mean_violation", "wall_s"}
+    assert "target mean violation <= 0.5 x PPOLag's" in out
+    assert list(tmp_path.glob("headline_*.png"))
+    again = run_script("learning.py", *args)
+    assert again.count("done, skipped") == 2, again
+    assert json.loads(records.read_text()) == rows
