@@ -31,7 +31,22 @@ from rllib_kfcpo.safe.connectors import (
 
 
 class SafeAlgorithmConfig(PPOConfig):
-    """Base config: cost limit, cost GAE, cost critic, observation normalisation."""
+    """Base config of every safe algorithm: what they share, not a "safe PPO".
+
+    It holds the constraint (cost limit, Jc window), cost estimation (cost GAE, cost critic,
+    cost-advantage normalisation), observation normalisation, and RLlib's sampling,
+    batching and resource settings. It subclasses ``PPOConfig`` for RLlib's on-policy
+    machinery (GAE connector, minibatch iteration); PPO's own loss settings that an
+    algorithm does not read are listed in its ``UNUSED_INHERITED_SETTINGS`` and refused
+    when set (nothing is silently ignored).
+    """
+
+    #: Inherited PPOConfig settings no safe algorithm reads (every one trains a critic and
+    #: uses GAE, and none adds PPO's KL penalty or clips the value function): setting one
+    #: to a value other than its default is refused by ``validate()``. Subclasses extend it.
+    UNUSED_INHERITED_SETTINGS: tuple[str, ...] = (
+        "use_critic", "use_gae", "use_kl_loss", "kl_coeff", "kl_target", "vf_clip_param",
+    )
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class)
@@ -170,8 +185,21 @@ class SafeAlgorithmConfig(PPOConfig):
                    for c in callbacks):
             self.callbacks_class = [SafeMetricsCallback, *callbacks]
 
+    def _refuse_unused_settings(self) -> None:
+        """One error naming an inherited setting this algorithm would ignore, if any is set."""
+        defaults = type(self)()
+        algo = type(self).__name__.removesuffix("Config")
+        for name in self.UNUSED_INHERITED_SETTINGS:
+            value, default = getattr(self, name), getattr(defaults, name)
+            if value != default and not (value is None and default is None):
+                self._value_error(
+                    f"training({name}={value!r}) is not used by {algo}: it is a PPO setting "
+                    f"{algo} does not read. Remove it (default {default!r})."
+                )
+
     def _validate_safe_settings(self) -> None:
         """Cost, batch-size and resource-count settings (one clear error per bad key)."""
+        self._refuse_unused_settings()
         checks = [
             ("cost_limit", self.cost_limit, lambda v: math.isfinite(v) and v >= 0,
              "a finite number >= 0 (OmniSafe's benchmarks use 25)"),

@@ -318,3 +318,31 @@ def test_learner_state_of_another_algorithm_is_refused(checkpoints):
     kfcpo_state[COMPONENT_SAFE_STATE]["format_version"] = 0
     with pytest.raises(LearnerStateMismatchError, match="format version 0"):
         learner.set_state(kfcpo_state)
+
+
+@pytest.mark.parametrize("config_cls,name,value", [
+    (KFCPOConfig, "clip_param", 0.05),
+    (KFCPOConfig, "entropy_coeff", 0.5),
+    (KFCPOConfig, "use_kl_loss", True),
+    (KFCPOConfig, "vf_clip_param", 1.0),
+    (KFCPOConfig, "kl_coeff", 0.5),
+    (KFCPOConfig, "grad_clip_by", "value"),
+    (PPOLagConfig, "use_kl_loss", True),
+    (PPOLagConfig, "vf_clip_param", 1.0),
+    (PPOLagConfig, "use_gae", False),
+])
+def test_inherited_setting_the_algorithm_ignores_is_refused(config_cls, name, value):
+    """Issue 13: an inherited PPO setting the algorithm does not read is one refusal naming
+    it, instead of validating and then doing nothing."""
+    config = config_cls().environment(ACTION_COST_ENV).training(**{name: value})
+    with pytest.raises(ValueError) as err:
+        config.validate()
+    first = str(err.value).splitlines()[0]
+    assert f"training({name}={value!r}) is not used by" in first
+    assert "Remove it" in first
+
+
+def test_used_inherited_settings_are_accepted():
+    KFCPOConfig().environment(ACTION_COST_ENV).training(lr=1e-3, grad_clip=5.0).validate()
+    PPOLagConfig().environment(ACTION_COST_ENV).training(clip_param=0.1,
+                                                        entropy_coeff=0.01).validate()

@@ -53,7 +53,18 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
 
 
 class KFCPOConfig(SafeAlgorithmConfig):
-    """Config of :class:`KFCPO`. ``training()`` takes every key of ``KFCPO_SETTINGS``."""
+    """Config of :class:`KFCPO`. ``training()`` takes every key of ``KFCPO_SETTINGS``.
+
+    The policy moves by natural-gradient steps (no optimizer): ``lr`` and ``grad_clip`` (by
+    global norm) act on the reward and cost critics' Adam only. PPO's loss settings
+    (``clip_param``, ``entropy_coeff``, KL penalty, value clipping) and other
+    ``grad_clip_by`` modes do not apply and are refused when set.
+    """
+
+    UNUSED_INHERITED_SETTINGS = (
+        *SafeAlgorithmConfig.UNUSED_INHERITED_SETTINGS,
+        "clip_param", "entropy_coeff", "entropy_coeff_schedule", "grad_clip_by",
+    )
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or KFCPO)
