@@ -77,7 +77,45 @@ class Experiment:
 
     def build_config(self) -> Any:
         """The validated AlgorithmConfig of this experiment (raises ExperimentError)."""
+        check_stop_criteria(self.stop, where=self.name)
         return build_algorithm_config(self.run, self.env, self.config, where=self.name)
+
+
+#: Top-level keys of a training result that a stop criterion can name (RLlib 2.60 + Tune).
+STOP_KEYS = (
+    "training_iteration", "num_env_steps_sampled_lifetime", "time_total_s",
+    "time_this_iter_s", "time_since_restore", "iterations_since_restore", "timestamp",
+    "num_training_step_calls_per_iteration",
+)
+#: Result sections whose nested metrics (``section/.../metric``) a stop criterion can name;
+#: their leaves depend on the algorithm and env, so any path below them is accepted.
+STOP_SECTIONS = ("env_runners", "learners", "timers", "perf", "fault_tolerance",
+                 "env_runner_group", "evaluation")
+#: Nested metrics worth suggesting when a stop key is misspelt.
+STOP_SUGGESTIONS = (
+    *STOP_KEYS, "env_runners/episode_return_mean", "env_runners/episode_cost_mean",
+    "env_runners/episode_cost_window_mean", "env_runners/num_env_steps_sampled_lifetime",
+    "env_runners/num_episodes_lifetime",
+)
+
+
+def check_stop_criteria(stop: dict[str, Any], where: str = "command line") -> None:
+    """Refuses stop keys that no result has (Tune would warn once and never stop)."""
+    if not isinstance(stop, dict):
+        raise ExperimentError(f"[{where}] stop must be a mapping of metric -> value, e.g. "
+                              '{"training_iteration": 10}; got ' f"{stop!r}.")
+    for key, value in stop.items():
+        head = str(key).split("/", 1)[0]
+        if key in STOP_KEYS or ("/" in str(key) and head in STOP_SECTIONS):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ExperimentError(f"[{where}] stop {key!r}: {value!r} is not a number; "
+                                      "give the value at which to stop.")
+            continue
+        raise ExperimentError(
+            f"[{where}] unknown stop key {key!r}.{_suggest(str(key), list(STOP_SUGGESTIONS))} "
+            f"Stop keys are result metrics: {', '.join(STOP_KEYS[:3])}, or a nested path "
+            f"under {', '.join(s + '/' for s in STOP_SECTIONS[:2])}..."
+        )
 
 
 def _suggest(word: str, options: list[str]) -> str:

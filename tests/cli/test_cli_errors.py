@@ -105,3 +105,33 @@ def test_train_resume_without_a_run_is_refused(tmp_path, capsys):
                         "--storage-path", str(tmp_path), "--resume")
     assert code == 2
     assert "Nothing to resume" in err and str(tmp_path) in err
+
+
+def test_misspelt_stop_key_is_refused_with_suggestions(capsys, tmp_path):
+    """Issue 14: Tune only warns about a stop key no result has, and never stops."""
+    code, err = run_cli(capsys, "train", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--stop", '{"training_iteraton": 2}')
+    assert code == 2
+    assert "unknown stop key 'training_iteraton'" in err and "'training_iteration'" in err
+    path = tmp_path / "x.yaml"
+    path.write_text(f"exp:\n  run: KFCPO\n  env: {KNOWN_COST_ENV}\n"
+                    "  stop: {env_runner/episode_return_mean: 5}\n")
+    code, err = run_cli(capsys, "train", "file", str(path))
+    assert code == 2
+    assert "unknown stop key 'env_runner/episode_return_mean'" in err
+    assert "'env_runners/episode_return_mean'" in err
+
+
+def test_stop_value_must_be_a_number(capsys):
+    code, err = run_cli(capsys, "train", "--algo", "KFCPO", "--env", KNOWN_COST_ENV,
+                        "--stop", '{"training_iteration": "2"}')
+    assert code == 2
+    assert "is not a number" in err
+
+
+def test_nested_stop_paths_are_accepted():
+    from rllib_kfcpo.cli.experiment import check_stop_criteria
+
+    check_stop_criteria({"env_runners/episode_return_mean": 10,
+                         "learners/default_policy/entropy": 0.5,
+                         "num_env_steps_sampled_lifetime": 1e6, "training_iteration": 3})
