@@ -42,6 +42,10 @@ HEADLINE_SEEDS = (0, 5, 10)
 #: The algorithms the headline compares, in this order, when the package has them.
 HEADLINE_ALGOS = ("KFCPO", "PPOLag", "PPOPIDLag", "CPO")
 HEADLINE_FILE = Path(__file__).resolve().parent / "measured" / "headline.json"
+#: Env runners' sampling timeout. RLlib's 60 s default is too short on an oversubscribed
+#: machine (3 seeds in parallel on 2 cores): a timed-out round returns no samples and the
+#: iteration trains nothing (seen as NaN rows in progress.csv).
+SAMPLE_TIMEOUT_S = 600.0
 #: Share of a run's last iterations whose mean is its final return / cost.
 FINAL_SHARE = 0.10
 
@@ -293,7 +297,8 @@ def main() -> None:
     out = Path(args.out).resolve()
     if args.headline:
         base = {"cost_limit": 25.0, "train_batch_size": batch, "num_env_runners": runners,
-                "num_envs_per_env_runner": args.envs_per_runner}
+                "num_envs_per_env_runner": args.envs_per_runner,
+                "sample_timeout_s": SAMPLE_TIMEOUT_S}
         if args.reuse_compiled_model:
             base["env_config"] = {"reuse_compiled_model": True}
         if args.smoke:
@@ -306,6 +311,7 @@ def main() -> None:
         only = args.only.split(",") if args.only else None
         for name, (algo, extra) in variants(args.ablations, args.variant, only).items():
             config = {"cost_limit": 25.0, "train_batch_size": batch, "num_env_runners": runners,
+                      "sample_timeout_s": SAMPLE_TIMEOUT_S,
                       "num_envs_per_env_runner": args.envs_per_runner, **extra}
             if args.reuse_compiled_model:
                 config["env_config"] = {"reuse_compiled_model": True}
