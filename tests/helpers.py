@@ -75,3 +75,29 @@ def toy_episodes(n: int = 4, length: int = 50, *, logp: float | None = None,
             },
         ))
     return episodes
+
+
+def assert_nested_equal(a: Any, b: Any, path: str = "") -> None:
+    """Exact equality of nested dicts/lists of tensors, arrays and numbers (NaN == NaN)."""
+    import math
+
+    import torch
+
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for key in a:
+            assert_nested_equal(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_nested_equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, path
+        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(
+            torch.nan_to_num(a, nan=1.2345), torch.nan_to_num(b, nan=1.2345))), path
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), path
+    else:
+        assert a == b, (path, a, b)

@@ -19,7 +19,8 @@ lexicographic form (feasible first by return, then infeasible by violation), and
 
 Checkpoints are written every ``checkpoint_freq`` iterations (and at the end) and kept by
 the objective; an interrupted search (Ctrl+C, a lost machine, a stopped job) continues
-with ``rllib tune --resume <experiment dir>`` (``tune.Tuner.restore``): finished trials
+with the same command plus ``--resume`` (``rllib tune file X.yaml --name NAME --resume``,
+``tune.Tuner.restore`` of ``<storage>/<NAME>``): finished trials
 are kept, running ones continue from their last checkpoint, pending ones start.
 """
 

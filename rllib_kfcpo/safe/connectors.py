@@ -1,6 +1,8 @@
 """Connector pieces: the cost as a first-class train-batch column, and cheap-timing pipelines.
 
-Pipeline order (set up by :class:`rllib_kfcpo.safe.learner.SafeLearnerMixin`)::
+Pipeline order (``AddCostsToBatch`` inserted by
+:meth:`rllib_kfcpo.safe.config.SafeAlgorithmConfig.build_learner_connector`, the GAE swapped
+by :class:`rllib_kfcpo.safe.learner.SafeTorchLearner`)::
 
     AddOneTsToEpisodesAndTruncate      (RLlib; one bootstrap step per episode chunk)
     AddObservationsFromEpisodesToBatch (RLlib default)

@@ -9,7 +9,13 @@ import pytest
 
 from rllib_kfcpo import KFCPOConfig
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV, ActionCostEnv
-from tests.helpers import assert_same_weights, learner_weights, results, toy_episodes
+from tests.helpers import (
+    assert_nested_equal,
+    assert_same_weights,
+    learner_weights,
+    results,
+    toy_episodes,
+)
 
 POLICY_KEYS = ("pi.", "log_std")
 
@@ -114,7 +120,7 @@ def test_checkpoint_restores_kfac_state_and_continues_identically(tmp_path):
     saved = original.get_safe_state()["kfac"]["default_policy"]
     loaded = restored.get_safe_state()["kfac"]["default_policy"]
     assert saved.keys() == loaded.keys()
-    assert str(saved) == str(loaded)
+    assert_nested_equal(saved, loaded)
     for learner in (original, restored):
         learner.update(episodes=toy_episodes(), timesteps=timesteps, num_epochs=1,
                        minibatch_size=100)

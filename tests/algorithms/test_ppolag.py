@@ -7,7 +7,13 @@ from ray.rllib.algorithms.algorithm import Algorithm
 
 from rllib_kfcpo import PPOLagConfig
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV
-from tests.helpers import assert_same_weights, filter_state, learner_weights, results
+from tests.helpers import (
+    assert_nested_equal,
+    assert_same_weights,
+    filter_state,
+    learner_weights,
+    results,
+)
 
 
 def small_config(**learners) -> PPOLagConfig:
@@ -55,7 +61,7 @@ def test_checkpoint_restore_and_continue(ray_local, tmp_path):
         lam2 = results(restored.learner_group.foreach_learner(lambda lr: lr.lagrange.value))[0]
         assert lam2 == lam
         restored_filter = filter_state(restored)
-        assert str(restored_filter) == str(filt)
+        assert_nested_equal(restored_filter, filt)
         result = restored.train()
         assert result["training_iteration"] == 3
         assert result["learners"]["default_policy"]["lagrange_multiplier"] > lam

@@ -16,7 +16,13 @@ from ray.rllib.algorithms.algorithm import Algorithm
 from rllib_kfcpo import KFCPOConfig
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV
 from rllib_kfcpo.safe.algorithm import LearnerFailureError
-from tests.helpers import assert_same_weights, filter_state, learner_weights, results
+from tests.helpers import (
+    assert_nested_equal,
+    assert_same_weights,
+    filter_state,
+    learner_weights,
+    results,
+)
 
 BATCH = 200
 
@@ -174,7 +180,7 @@ def test_checkpoint_round_trip_keeps_all_kfcpo_state(ray_local, tmp_path):
             for name, value in entry.items():
                 assert torch.equal(torch.as_tensor(got["optim"][key][name]),
                                    torch.as_tensor(value)), (key, name)
-        assert str(filter_state(restored)) == str(filt)
+        assert_nested_equal(filter_state(restored), filt)
         restored.train()
     finally:
         restored.stop()
