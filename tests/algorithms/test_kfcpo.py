@@ -239,3 +239,20 @@ def test_adaptive_trust_region_tracks_real_over_quadratic_kl():
     assert out["kl_real_over_quadratic"] == pytest.approx(expected, rel=1e-6)
     # The first step of a learner used ratio 1: its quadratic KL is the plain budget.
     assert out["kl_quadratic_estimate"] == pytest.approx(1e-3, rel=1e-6)
+
+
+@pytest.mark.parametrize("critic_minibatch_size,steps", [(None, 1), (50, 4), (1000, 1)])
+def test_critic_minibatch_size_sets_the_critic_steps_per_policy_step(critic_minibatch_size,
+                                                                     steps):
+    """204 rows per policy minibatch: slices of 50 give 4 critic Adam steps (the last 4
+    rows wait for the next epoch's shuffle), None or a size above the rows give one."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    learner = toy_config(critic_minibatch_size=critic_minibatch_size).training(
+        num_epochs=1).build_learner(spaces=spaces)
+    out = learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 1.0},
+                         num_epochs=1, minibatch_size=204)["default_policy"]
+    optimizer = learner.get_optimizer("default_policy", "critic")
+    counts = {int(state["step"]) for state in optimizer.state.values()}
+    assert counts == {steps}
+    assert -1.0 <= float(out["vf_explained_var"].peek()) <= 1.0

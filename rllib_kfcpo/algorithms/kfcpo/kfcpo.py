@@ -26,6 +26,9 @@ PROJECTIONS = ("harmful", "both", "none")
 #: name -> (default, one-line description); the single place each KFCPO setting is documented.
 KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "use_kfac": (True, "Precondition with K-FAC (False: plain gradients, Euclidean metric)."),
+    "critic_minibatch_size": (None, "Rows per critic Adam step: each policy minibatch is "
+                                    "cut into slices of this size, one critic step each "
+                                    "(None: one critic step per policy minibatch)."),
     "kfac_damping": (1e-2, "Damping added to the Kronecker eigenvalue products."),
     "kfac_decay": (0.95, "EMA decay of the running Kronecker factors."),
     "kfac_burn_in": (10, "Factor updates averaged plainly (1/k) before the EMA starts."),
@@ -113,6 +116,9 @@ class KFCPOConfig(SafeAlgorithmConfig):
              and not isinstance(v, bool) and 0 < v <= 1, "in (0, 1]"),
             ("margin_schedule", lambda v: v in MARGIN_SCHEDULES, f"one of {MARGIN_SCHEDULES}"),
             ("step_rule", lambda v: v in STEP_RULES, f"one of {STEP_RULES}"),
+            ("critic_minibatch_size", lambda v: v is None or (
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+             "None or an integer >= 1"),
             ("adaptive_trust_region", lambda v: isinstance(v, bool), "True or False"),
             ("projection", lambda v: v in PROJECTIONS, f"one of {PROJECTIONS}"),
             ("use_kfac", lambda v: isinstance(v, bool), "True or False"),

@@ -29,11 +29,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY, Learner
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
+from ray.rllib.utils.torch_utils import explained_variance
 from torch import nn
 
 from rllib_kfcpo.algorithms.kfcpo import metrics as M
@@ -53,6 +55,7 @@ from rllib_kfcpo.kfac.distributed import all_reduce_mean_
 from rllib_kfcpo.safe.columns import (
     COST_ADVANTAGES,
     COST_VALUE_TARGETS,
+    COST_VF_EXPLAINED_VAR_KEY,
     COST_VF_LOSS_KEY,
     EPISODE_COST_FOR_LEARNER,
 )
@@ -245,23 +248,41 @@ class KFCPOTorchLearner(SafeTorchLearner):
 
     def _critic_step(self, module_id: str, module: Any, batch: dict[str, Any],
                      cfg: Any) -> torch.Tensor:
-        vf_loss = masked_mean((module.compute_values(batch)
-                               - batch[Postprocessing.VALUE_TARGETS]).pow(2), batch)
-        cost_vf_loss = masked_mean((module.compute_cost_values(batch)
-                                    - batch[COST_VALUE_TARGETS]).pow(2), batch)
-        loss = cfg.vf_loss_coeff * vf_loss + cfg.cost_vf_loss_coeff * cost_vf_loss
+        """Adam on both critics: one step on the minibatch, or with ``critic_minibatch_size``
+        one step per slice of that many rows (every learner holds the same number of rows,
+        so all take the same number of all-reduced steps)."""
+        rows = int(batch[Columns.OBS].shape[0])
+        size = min(cfg.critic_minibatch_size or rows, rows)
+        keys = (Columns.OBS, Postprocessing.VALUE_TARGETS, COST_VALUE_TARGETS, Columns.LOSS_MASK)
         optimizer = self.get_optimizer(module_id, CRITIC_OPTIMIZER)
-        optimizer.zero_grad(set_to_none=False)
-        loss.backward()
         params = module.critic_parameters()
-        all_reduce_mean_([p.grad for p in params])
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        self.metrics.log_value((module_id, VF_LOSS_KEY), vf_loss.item(), reduce="mean")
-        self.metrics.log_value((module_id, COST_VF_LOSS_KEY), cost_vf_loss.item(),
-                               reduce="mean")
-        return loss.detach()
+        with torch.no_grad():
+            targets, cost_targets = batch[Postprocessing.VALUE_TARGETS], batch[COST_VALUE_TARGETS]
+            before = (module.compute_values(batch), module.compute_cost_values(batch))
+        for start in range(0, rows - size + 1, size):
+            part = {k: batch[k][start:start + size] for k in keys if k in batch}
+            vf_loss = masked_mean((module.compute_values(part)
+                                   - part[Postprocessing.VALUE_TARGETS]).pow(2), part)
+            cost_vf_loss = masked_mean((module.compute_cost_values(part)
+                                        - part[COST_VALUE_TARGETS]).pow(2), part)
+            loss = cfg.vf_loss_coeff * vf_loss + cfg.cost_vf_loss_coeff * cost_vf_loss
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            all_reduce_mean_([p.grad for p in params])
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+        # Losses and explained variances of the minibatch before this update's steps.
+        values = {
+            VF_LOSS_KEY: masked_mean((before[0] - targets).pow(2), batch).item(),
+            COST_VF_LOSS_KEY: masked_mean((before[1] - cost_targets).pow(2), batch).item(),
+            LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: float(explained_variance(targets, before[0])),
+            COST_VF_EXPLAINED_VAR_KEY: float(explained_variance(cost_targets, before[1])),
+        }
+        for key, value in values.items():
+            self.metrics.log_value((module_id, key), value, reduce="mean")
+        return (cfg.vf_loss_coeff * values[VF_LOSS_KEY]
+                + cfg.cost_vf_loss_coeff * values[COST_VF_LOSS_KEY]) * torch.ones(())
 
     def _step_with_rollback(self, module: Any, params: Sequence[nn.Parameter],
                             direction: Sequence[torch.Tensor], step: float,
