@@ -63,7 +63,7 @@ def variants(ablations: bool, extra: list[str] = (),
     """Variant name -> (algorithm, config overrides).
 
     ``extra`` entries are ``NAME=JSON`` KFCPO variants (``'KFCPO-t03={"margin_temperature":
-    0.3}'``); ``only`` keeps the named variants (all when None).
+    0.3}'``); ``only`` keeps the named variants, run in that order (all when None).
     """
     out = {"PPOLag": ("PPOLag", {}), "KFCPO": ("KFCPO", {})}
     if ablations:
@@ -82,7 +82,7 @@ def variants(ablations: bool, extra: list[str] = (),
         unknown = sorted(set(only) - set(out))
         if unknown:
             raise SystemExit(f"--only names unknown variants {unknown}; known: {sorted(out)}")
-        out = {name: v for name, v in out.items() if name in only}
+        out = {name: out[name] for name in dict.fromkeys(only)}  # in the order given
     return out
 
 
