@@ -84,6 +84,9 @@ class KFACPreconditioner:
             finite, > 0. Settable later (``kfac.damping = ...``).
         decay: EMA decay of the running factors after the burn-in, in (0, 1).
         burn_in: number of first updates averaged plainly (weight 1/k), integer >= 0.
+        inv_update_steps: after the burn-in, :meth:`update_factors` recomputes the
+            eigendecompositions on every ``inv_update_steps``-th update only (kfac-pytorch's
+            ``inv_update_steps``; during the burn-in on every update), integer >= 1.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class KFACPreconditioner:
         damping: float = 1e-2,
         decay: float = 0.95,
         burn_in: int = 10,
+        inv_update_steps: int = 1,
     ) -> None:
         layers = list(layers)
         if not layers:
@@ -112,8 +116,13 @@ class KFACPreconditioner:
                              "(typical 0.95..0.99).")
         if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral) or burn_in < 0:
             raise ValueError(f"burn_in={burn_in!r} is invalid: it must be an integer >= 0.")
+        if (isinstance(inv_update_steps, bool) or not isinstance(inv_update_steps, numbers.Integral)
+                or inv_update_steps < 1):
+            raise ValueError(f"inv_update_steps={inv_update_steps!r} is invalid: it must be an "
+                             "integer >= 1 (1: decompose on every update).")
         self.decay = float(decay)
         self.burn_in = int(burn_in)
+        self.inv_update_steps = int(inv_update_steps)
 
         self.layers = layers
         self.stats = [LinearStatistics(layer) for layer in layers]
@@ -323,18 +332,19 @@ class KFACPreconditioner:
         self.seconds["precondition"] += time.perf_counter() - started
         return naturals, gram
 
-    def update_factors(self, *, decompose: bool = True) -> bool:
-        """Turns the last capture into running factors and (by default) recomputes the
+    def update_factors(self, *, decompose: bool | None = None) -> bool:
+        """Turns the last capture into running factors and, on the schedule, recomputes the
         decompositions.
 
         Batch factors of all layers are averaged across learners with one all-reduce, then
         folded (plain mean during the burn-in, EMA afterwards) and decomposed.
 
         Args:
-            decompose: False folds the factors but keeps the current decompositions (the
-                preconditioner and :meth:`natural_directions` then use the curvature of the
-                last decomposition until :meth:`decompose`; kfac-pytorch's
-                ``inv_update_steps``).
+            decompose: None (default) follows the schedule: decompose during the burn-in and
+                then on every ``inv_update_steps``-th update. True/False forces it; False
+                folds the factors but keeps the current decompositions (the preconditioner
+                and :meth:`natural_directions` then use the curvature of the last
+                decomposition until :meth:`decompose`).
 
         Returns:
             True when the update was applied; False when it was skipped because the batch
@@ -344,6 +354,9 @@ class KFACPreconditioner:
         Raises:
             RuntimeError: nothing was captured since the last call.
         """
+        if decompose is None:
+            done = self.num_updates
+            decompose = done < self.burn_in or done % self.inv_update_steps == 0
         started = time.perf_counter()
         try:
             factors = [t for stats in self.stats for t in stats.batch_factors()]

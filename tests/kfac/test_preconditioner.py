@@ -293,3 +293,27 @@ def test_params_order_and_diagnostics_keys():
     }
     assert all(isinstance(v, float) and math.isfinite(v) for v in diag.values())
     assert diag["seconds_eigh"] > 0 and diag["seconds_precondition"] > 0
+
+
+def test_preconditioner_owns_the_inversion_schedule():
+    """burn_in=2, inv_update_steps=3: updates 1-2 decompose (burn-in), then update k
+    decomposes when k-1 is a multiple of 3 (k = 4, 7, ...), like kfac-pytorch's
+    inv_update_steps; the others keep the previous eigenbasis. An explicit decompose=
+    overrides the schedule."""
+    policy = make_policy(0)
+    kfac = _kfac(policy, burn_in=2, inv_update_steps=3)
+    decomposed = []
+    for k in range(1, 9):
+        obs, act = make_batch(policy, 6, seed=k)
+        before = kfac.blocks[0].qa.clone()
+        assert capture(kfac, policy, obs, act)
+        decomposed.append(not torch.equal(kfac.blocks[0].qa, before))
+    assert decomposed == [True, True, False, True, False, False, True, False]
+    obs, act = make_batch(policy, 6, seed=99)
+    before = kfac.blocks[0].qa.clone()
+    with kfac.capture():
+        torch.autograd.grad(fisher_loss(policy, obs, act), kfac.params)
+    assert kfac.update_factors(decompose=True)  # k=9 would not decompose on the schedule
+    assert not torch.equal(kfac.blocks[0].qa, before)
+    with pytest.raises(ValueError, match="inv_update_steps=0 is invalid"):
+        _kfac(policy, inv_update_steps=0)

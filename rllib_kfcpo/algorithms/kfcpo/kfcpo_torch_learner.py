@@ -98,6 +98,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
                 damping=cfg.kfac_damping,
                 decay=cfg.kfac_decay,
                 burn_in=cfg.kfac_burn_in,
+                inv_update_steps=cfg.kfac_inv_update_steps,
             )
 
     @override(TorchLearner)
@@ -152,10 +153,7 @@ class KFCPOTorchLearner(SafeTorchLearner):
                                                                    cfg)
         started = time.perf_counter()
         if cfg.use_kfac:
-            # Decompose every update during the burn-in, then every kfac_inv_update_steps.
-            k = kfac.num_updates
-            kfac.update_factors(decompose=k < cfg.kfac_burn_in
-                                or k % cfg.kfac_inv_update_steps == 0)
+            kfac.update_factors()  # decomposes on the preconditioner's own schedule
             (n_reward, n_cost), gram = kfac.natural_directions([g_reward, g_cost])
         else:
             n_reward, n_cost = g_reward, g_cost
