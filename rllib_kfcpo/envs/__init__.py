@@ -16,9 +16,9 @@ from typing import Any
 
 import gymnasium as gym
 
+from rllib_kfcpo.env_data import NonFiniteEnvDataError, check_finite_step, read_step_cost
 from rllib_kfcpo.envs import fast_reset
 from rllib_kfcpo.envs.compat import applied_fixes, import_safety_gymnasium
-from rllib_kfcpo.safe.callbacks import NonFiniteEnvDataError, check_finite_step, read_step_cost
 
 __all__ = [
     "NonFiniteEnvOutputError",
@@ -121,8 +121,11 @@ def register_safety_envs() -> None:
     """Registers every task id of :func:`safety_task_ids` with Ray Tune (idempotent)."""
     from ray.tune.registry import register_env
 
+    from rllib_kfcpo.safe.validation import add_known_env_ids
+
     for env_id in safety_task_ids():
         register_env(env_id, functools.partial(_creator, env_id))
+    add_known_env_ids(safety_task_ids())
 
 
 def __getattr__(name: str) -> Any:

@@ -6,8 +6,8 @@
 - `distributed.py`: averaging tensors across data-parallel learners.
 """
 
+from rllib_kfcpo.distributed import all_reduce_mean_
 from rllib_kfcpo.kfac.block import DiagonalBlock, KroneckerBlock
-from rllib_kfcpo.kfac.distributed import all_reduce_mean_
 from rllib_kfcpo.kfac.layer import LinearStatistics
 from rllib_kfcpo.kfac.preconditioner import KFACPreconditioner
 

@@ -60,8 +60,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rllib_kfcpo.distributed import all_reduce_mean_
 from rllib_kfcpo.kfac.block import DiagonalBlock, KroneckerBlock
-from rllib_kfcpo.kfac.distributed import all_reduce_mean_
 from rllib_kfcpo.kfac.layer import FIRST_LAYER_HOOK_WARNING, LinearStatistics
 
 

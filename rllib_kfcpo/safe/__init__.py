@@ -1,6 +1,7 @@
 """Machinery every safe algorithm shares: cost column, cost GAE, episode cost metric."""
 
-from rllib_kfcpo.safe.callbacks import MissingCostError, SafeMetricsCallback
+from rllib_kfcpo.env_data import MissingCostError
+from rllib_kfcpo.safe.callbacks import SafeMetricsCallback
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
 from rllib_kfcpo.safe.lagrange import LagrangeMultiplier
 

@@ -33,7 +33,7 @@ from ray.rllib.utils.metrics import (
     TIMERS,
 )
 
-from rllib_kfcpo.safe.callbacks import MissingCostError, NonFiniteEnvDataError
+from rllib_kfcpo.env_data import MissingCostError, NonFiniteEnvDataError
 from rllib_kfcpo.safe.columns import (
     EPISODE_COST_FOR_LEARNER,
     EPISODE_COST_MEAN,

@@ -35,7 +35,8 @@ from ray.rllib.utils.annotations import override
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.postprocessing.value_predictions import compute_value_targets
 
-from rllib_kfcpo.safe.callbacks import read_step_cost
+from rllib_kfcpo.distributed import all_reduce_mean_
+from rllib_kfcpo.env_data import read_step_cost
 from rllib_kfcpo.safe.columns import COST_ADVANTAGES, COST_VALUE_TARGETS, COSTS
 
 _BOOTSTRAP_ADDED = "_added_loss_mask_for_valid_episode_ts"
@@ -129,8 +130,6 @@ class AddCostsToBatch(ConnectorV2):
 
 def _masked_mean_std(x: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     """Mean and std of ``x[mask]`` over all learners (one all-reduce when distributed)."""
-    from rllib_kfcpo.kfac.distributed import all_reduce_mean_
-
     stats = torch.tensor(
         [float(mask.sum()), float(x[mask].sum()), float((x[mask] ** 2).sum())],
         dtype=torch.float64,

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from rllib_kfcpo.safe.callbacks import read_step_cost
+from rllib_kfcpo.env_data import read_step_cost
 
 #: Running sums of episodes that have not finished yet, at most this many (a restarted
 #: env runner leaves its unfinished episodes behind; the oldest are dropped).

@@ -8,14 +8,20 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rllib_kfcpo.safe.callbacks import read_step_cost
+from rllib_kfcpo.env_data import read_step_cost
+
+#: Env ids registered with Ray Tune by this package's env modules (added by
+#: :func:`add_known_env_ids`), offered as suggestions next to gymnasium's registry.
+_KNOWN_ENV_IDS: set[str] = set()
+
+
+def add_known_env_ids(ids: Any) -> None:
+    """Adds env ids to the suggestions of the unknown-env error (env modules call this)."""
+    _KNOWN_ENV_IDS.update(ids)
 
 
 def _known_env_ids() -> list[str]:
-    from rllib_kfcpo.envs import safety_task_ids
-
-    ids = set(gym.registry.keys()) | set(safety_task_ids())
-    return sorted(ids)
+    return sorted(set(gym.registry.keys()) | _KNOWN_ENV_IDS)
 
 
 def make_env_from_config(config: Any) -> gym.Env:

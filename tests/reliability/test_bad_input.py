@@ -18,13 +18,13 @@ from rllib_kfcpo import KFCPOConfig, PPOLagConfig
 from rllib_kfcpo.algorithms.kfcpo.kfcpo import KFCPO
 from rllib_kfcpo.algorithms.ppo_lag.ppo_lag import PPOLag
 from rllib_kfcpo.cli.main import main
+from rllib_kfcpo.env_data import MissingCostError, NonFiniteEnvDataError
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV
 from rllib_kfcpo.safe.algorithm import (
     META_FORMAT_VERSION,
     CheckpointMismatchError,
     ClusterResourceError,
 )
-from rllib_kfcpo.safe.callbacks import MissingCostError, NonFiniteEnvDataError
 from rllib_kfcpo.safe.learner import COMPONENT_SAFE_STATE, LearnerStateMismatchError
 from tests.reliability import envs as bad_envs
 

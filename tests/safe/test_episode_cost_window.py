@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
-from rllib_kfcpo.safe.callbacks import MissingCostError
+from rllib_kfcpo.env_data import MissingCostError
 from rllib_kfcpo.safe.episode_cost import EpisodeCostWindow
 
 

@@ -50,8 +50,8 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     solve_span_trust_region,
     trust_region_step_size,
 )
+from rllib_kfcpo.distributed import all_reduce_mean_
 from rllib_kfcpo.kfac import KFACPreconditioner
-from rllib_kfcpo.kfac.distributed import all_reduce_mean_
 from rllib_kfcpo.safe.columns import (
     COST_ADVANTAGES,
     COST_VALUE_TARGETS,

@@ -1,5 +1,8 @@
 """Averaging tensors across data-parallel learners (torch.distributed, any backend).
 
+A leaf module shared by the K-FAC component (``rllib_kfcpo.kfac``) and the learners'
+shared machinery (``rllib_kfcpo.safe``).
+
 Used for the K-FAC batch factors (one collective per factor update) and for gradients,
 losses and KL values of the learners. Without an initialised process group of more than one
 member every function here is a no-op, so single-process code needs no special case.
