@@ -1,19 +1,20 @@
 """Torch learner of KFCPO: one natural-gradient policy step per minibatch.
 
-The step, as in docs/algorithm.md:
+The step, numbered as in docs/algorithm.md (and marked so in ``_kfcpo_step``):
 
-1. critics: one Adam step on the reward and cost value losses;
-2.+3. one policy forward and ONE backward give the gradients g_r (reward surrogate ascent)
-   and g_c (cost surrogate descent) and the per-sample Fisher statistics (score of the
-   batch's actions, importance-weighted to the current policy); factors folded, and
-   eigendecomposed every ``kfac_inv_update_steps`` steps after the burn-in;
-4. natural directions n_r = F^-1 g_r, n_c = F^-1 g_c (same curvature) and their 2x2
-   Fisher Gram matrix, read off in the eigenbasis;
-5. margin weights (w_r, w_c) from the windowed episode cost Jc and the limit d;
-6. projection of the harmful direction when <n_r, n_c>_F < 0, blend d = w_r n_r' + w_c n_c'
-   (on the Gram matrix: d is a combination of n_r and n_c);
-7. trust region: step a d with a = min(max_step_size, sqrt(2 trust_region_kl / d'Fd));
-8. rollback: if KL(behaviour || new) > target_kl, restore the snapshot and retry at half
+1. critics: Adam on the reward and cost value losses (one step per minibatch, or per
+   ``critic_minibatch_size`` slice of it);
+2. curvature and 3. two gradients: one policy forward and ONE backward give g_r (reward
+   surrogate ascent), g_c (cost surrogate descent) and the per-sample Fisher statistics
+   (score of the batch's actions, importance-weighted to the current policy); the K-FAC
+   factors are folded (and decomposed on the preconditioner's schedule) and the natural
+   directions n_r = F^-1 g_r, n_c = F^-1 g_c come with their 2x2 Fisher Gram matrix;
+4. margin weights (w_r, w_c) from Jc and the limit d;
+5. projection of the harmful direction when <n_r, n_c>_F < 0, blend d = w_r n_r' + w_c n_c';
+6. trust region: a = min(max_step_size, sqrt(2 trust_region_kl / d'Fd)) (budget divided by
+   the measured real/quadratic KL ratio with ``adaptive_trust_region``); with
+   ``step_rule="span"``, 5-6 are one exact solve in span(n_r, n_c);
+7. rollback: if KL(behaviour || new) > target_kl, restore the snapshot and retry at half
    the step (``rollback_backtracks`` times); if no retry fits, keep the snapshot and freeze
    the policy for the rest of the iteration (critics keep training).
 
@@ -140,35 +141,43 @@ class KFCPOTorchLearner(SafeTorchLearner):
         return {}, losses, {}
 
     def _kfcpo_step(self, module_id: str, batch: dict[str, Any]) -> torch.Tensor:
+        """One KFCPO step on one minibatch; the step numbers are docs/algorithm.md's."""
         cfg = self.config.get_config_for_module(module_id)
         module = self.module[module_id].unwrapped()
+        log: dict[str, float] = {}
+
+        # Step 1: critics.
         critic_loss = self._critic_step(module_id, module, batch, cfg)
         if self.policy_frozen:
             self.metrics.log_value((module_id, M.FROZEN_MINIBATCHES), 1, reduce="sum")
             return critic_loss
 
+        # Steps 2 and 3: Fisher statistics, g_r and g_c from one forward and one backward;
+        # K-FAC factors folded (decomposed on the preconditioner's schedule); naturals.
         kfac = self.kfac[module_id]
         obs = module.flat_obs(batch)
         g_reward, g_cost, dist, surrogate = self._policy_gradients(module, kfac, obs, batch,
                                                                    cfg)
         started = time.perf_counter()
         if cfg.use_kfac:
-            kfac.update_factors()  # decomposes on the preconditioner's own schedule
+            kfac.update_factors()
             (n_reward, n_cost), gram = kfac.natural_directions([g_reward, g_cost])
         else:
             n_reward, n_cost = g_reward, g_cost
             gram = gram_matrix([g_reward, g_cost], euclidean_inner)
+
+        # Step 4: margin-aware weights from Jc and the limit.
         jc = self.margin_cost if math.isfinite(self.margin_cost) else 0.0
         w_reward, w_cost = margin_weights(
             cost_margin(jc, cfg.cost_limit), schedule=cfg.margin_schedule,
             temperature=cfg.margin_temperature, offset=cfg.margin_offset,
         )
+
+        # Steps 5 and 6: projection and blend, then the trust-region size; or, with
+        # step_rule="span", the exact trust-region step in span(n_r, n_c).
         coeffs, info = combine_directions(gram, w_reward, w_cost, projection=cfg.projection,
                                           normalize=cfg.normalize_directions)
-        # The quadratic KL budget of this step, corrected by the measured real/quadratic
-        # ratio of earlier steps (adaptive_trust_region).
-        step_kl_budget = cfg.trust_region_kl / (self.kl_ratio if cfg.adaptive_trust_region
-                                                else 1.0)
+        kl_budget = cfg.trust_region_kl / (self.kl_ratio if cfg.adaptive_trust_region else 1.0)
         if cfg.step_rule == "span":
             kappa = cost_requirement(w_cost)
             coeffs, span = solve_span_trust_region(
@@ -177,37 +186,54 @@ class KFCPOTorchLearner(SafeTorchLearner):
                  float(euclidean_inner(g_reward, n_cost))),
                 (float(euclidean_inner(g_cost, n_reward)),
                  float(euclidean_inner(g_cost, n_cost))),
-                radius=math.sqrt(2.0 * step_kl_budget), kappa=kappa,
+                radius=math.sqrt(2.0 * kl_budget), kappa=kappa,
             )
-            info.update(quad=span["quad"], kappa=kappa, active=span["active"])
+            info["quad"] = span["quad"]
+            log.update({M.COST_REQUIREMENT: kappa, M.CONSTRAINT_ACTIVE: span["active"]})
             step = 1.0 if span["quad"] > 0.0 else 0.0  # the radius already sizes the step
         else:
-            step = trust_region_step_size(info["quad"], max_kl=step_kl_budget,
+            step = trust_region_step_size(info["quad"], max_kl=kl_budget,
                                           max_step=cfg.max_step_size)
         direction = blend(coeffs, n_reward, n_cost)
-        kfac_seconds = time.perf_counter() - started
+        log[M.KFAC_SECONDS] = time.perf_counter() - started
         if step <= 0.0 or not all(bool(torch.isfinite(d).all()) for d in direction):
             self.metrics.log_value((module_id, M.SKIPPED_STEPS), 1, reduce="sum")
             return critic_loss
 
+        # Step 7: the step, undone and retried at half the size while the real KL to the
+        # behaviour policy exceeds target_kl; the policy freezes when no retry fits.
         kl, step, backtracks, step_kl = self._step_with_rollback(
             module, kfac.params, direction, step, obs, batch, cfg, dist)
-        self.metrics.log_value((module_id, M.BACKTRACKS), backtracks, reduce="sum")
-        quad_kl = 0.5 * step**2 * info["quad"]
-        if step > 0.0 and quad_kl > 0.0 and step_kl > 0.0:
-            # Running geometric mean of real / quadratic KL of kept steps, clamped.
+        self._update_kl_ratio(step_kl, 0.5 * step**2 * info["quad"])
+
+        with torch.no_grad():
+            behaviour = module.get_train_action_dist_cls().from_logits(
+                batch[Columns.ACTION_DIST_INPUTS])
+            log[M.KL_BEFORE_STEP] = float(masked_mean(behaviour.kl(dist), batch))
+            log[ENTROPY_KEY] = float(masked_mean(dist.entropy(), batch))
+        log.update({
+            M.COS_BEFORE: info["cos_before"], M.COS_AFTER: info["cos_after"],
+            M.CONFLICT: info["conflict"], M.WEIGHT_REWARD: w_reward, M.WEIGHT_COST: w_cost,
+            M.DIRECTION_QUAD: info["quad"], M.STEP_SIZE: step,
+            M.QUAD_KL: 0.5 * step**2 * info["quad"], M.KL_AFTER_STEP: kl,
+            M.STEP_KL: step_kl, M.KL_RATIO: self.kl_ratio,
+            POLICY_LOSS_KEY: -float(surrogate),
+        })
+        for key, value in log.items():
+            self.metrics.log_value((module_id, key), value, reduce="mean")
+        rolled_back = int(self.policy_frozen)
+        for key, count in ((M.BACKTRACKS, backtracks), (M.ROLLBACKS, rolled_back),
+                           (M.POLICY_STEPS, 1 - rolled_back)):
+            self.metrics.log_value((module_id, key), count, reduce="sum")
+        return critic_loss - surrogate
+
+    def _update_kl_ratio(self, step_kl: float, quad_kl: float) -> None:
+        """Running geometric mean of real / quadratic KL of kept steps (clamped)."""
+        if quad_kl > 0.0 and step_kl > 0.0:
             log_ratio = ((1.0 - KL_RATIO_EMA) * math.log(self.kl_ratio)
                          + KL_RATIO_EMA * math.log(step_kl / quad_kl))
             self.kl_ratio = min(max(math.exp(log_ratio), KL_RATIO_RANGE[0]),
                                 KL_RATIO_RANGE[1])
-        info["step_kl"] = step_kl
-        with torch.no_grad():
-            behaviour = module.get_train_action_dist_cls().from_logits(
-                batch[Columns.ACTION_DIST_INPUTS])
-            info["kl_before"] = float(masked_mean(behaviour.kl(dist), batch))
-        self._log_step(module_id, info, w_reward, w_cost, step, kl, kfac_seconds, dist,
-                       batch, surrogate)
-        return critic_loss - surrogate
 
     def _policy_gradients(self, module: Any, kfac: KFACPreconditioner, obs: torch.Tensor,
                           batch: dict[str, Any], cfg: Any) -> tuple[Any, ...]:
@@ -320,35 +346,6 @@ class KFCPOTorchLearner(SafeTorchLearner):
                 p.copy_(saved)
             self.policy_frozen = True
         return kl_value, 0.0, attempts - 1, 0.0
-
-    def _log_step(self, module_id: str, info: dict[str, float], w_reward: float,
-                  w_cost: float, step: float, kl: float, kfac_seconds: float, dist: Any,
-                  batch: dict[str, Any], reward_surrogate: torch.Tensor) -> None:
-        rolled_back = int(self.policy_frozen)
-        values = {
-            M.COS_BEFORE: info["cos_before"],
-            M.COS_AFTER: info["cos_after"],
-            M.CONFLICT: info["conflict"],
-            M.WEIGHT_REWARD: w_reward,
-            M.WEIGHT_COST: w_cost,
-            M.DIRECTION_QUAD: info["quad"],
-            M.STEP_SIZE: step,
-            M.QUAD_KL: 0.5 * step**2 * info["quad"],
-            M.KL_BEFORE_STEP: info["kl_before"],
-            M.KL_AFTER_STEP: kl,
-            M.STEP_KL: info["step_kl"],
-            M.KL_RATIO: self.kl_ratio,
-            M.KFAC_SECONDS: kfac_seconds,
-            ENTROPY_KEY: float(masked_mean(dist.entropy(), batch).detach()),
-            POLICY_LOSS_KEY: -float(reward_surrogate),
-        }
-        if "kappa" in info:
-            values[M.COST_REQUIREMENT] = info["kappa"]
-            values[M.CONSTRAINT_ACTIVE] = info["active"]
-        for key, value in values.items():
-            self.metrics.log_value((module_id, key), value, reduce="mean")
-        self.metrics.log_value((module_id, M.ROLLBACKS), rolled_back, reduce="sum")
-        self.metrics.log_value((module_id, M.POLICY_STEPS), 1 - rolled_back, reduce="sum")
 
     @override(SafeTorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
