@@ -27,40 +27,100 @@ def _get(result: dict[str, Any], path: str, default: float = math.nan) -> Any:
     return node
 
 
-def progress_line(result: dict[str, Any], cost_limit: float, label: str = "") -> str:
-    """``iter | env steps | return | episode cost vs limit | KL | time`` for one result."""
+#: Stop criteria the progress line measures progress against (result key -> label).
+PROGRESS_STOPS = {"training_iteration": "iter", STEPS_KEY: "steps"}
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``14m``, ``2h05m``: a coarse duration for an ETA."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if round(seconds / 60) < 60:
+        return f"{round(seconds / 60)}m"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def stop_progress(result: dict[str, Any], stop: dict[str, Any] | None) -> tuple[str, float]:
+    """``(stop key, fraction done)`` of the stop criterion that will end the run first.
+
+    Only ``training_iteration`` and ``num_env_steps_sampled_lifetime`` are measured;
+    ``("", nan)`` when ``stop`` has neither.
+    """
+    best_key, best = "", math.nan
+    for key in PROGRESS_STOPS:
+        target = (stop or {}).get(key)
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
+            continue
+        done = float(_get(result, key, 0) or 0) / float(target)
+        if not best >= done:  # also replaces nan
+            best_key, best = key, min(done, 1.0)
+    return best_key, best
+
+
+def _counter(value: float, width: int, key: str, measured: str, stop: dict[str, Any] | None,
+             fraction: float) -> str:
+    if key != measured:
+        return f"{int(value):>{width},}"
+    return f"{int(value):>{width},}/{int(stop[key]):,} ({int(fraction * 100)} %)"
+
+
+def progress_line(result: dict[str, Any], cost_limit: float, label: str = "",
+                  stop: dict[str, Any] | None = None) -> str:
+    """``iter | env steps | return | episode cost vs limit | KL | time [| eta]`` for one result.
+
+    With a ``training_iteration`` or ``num_env_steps_sampled_lifetime`` stop criterion,
+    that counter shows its target and the percentage done, e.g. ``steps
+    120,000/1,000,000 (12 %)``, and the line ends with the estimated time left at the
+    mean speed so far (``| eta 14m``).
+    """
     learner = _get(result, "learners/default_policy", {})
     kl = learner.get("kl_after_step", learner.get("mean_kl", math.nan)) if learner else math.nan
     cost = _get(result, COST_KEY)
     flag = " " if not (cost > cost_limit) else "!"
-    return (
-        f"{label}iter {int(result.get('training_iteration', 0)):4d} | "
-        f"steps {int(_get(result, STEPS_KEY, 0)):>9,} | "
+    measured, fraction = stop_progress(result, stop)
+    iteration = _counter(result.get("training_iteration", 0), 4, "training_iteration",
+                         measured, stop, fraction)
+    steps = _counter(_get(result, STEPS_KEY, 0), 9, STEPS_KEY, measured, stop, fraction)
+    line = (
+        f"{label}iter {iteration} | "
+        f"steps {steps} | "
         f"return {float(_get(result, RETURN_KEY)):9.3f} | "
         f"cost {float(cost):8.3f}{flag}/ limit {cost_limit:g} | "
         f"kl {float(kl):.5f} | "
         f"{float(result.get('time_this_iter_s', math.nan)):6.1f}s"
     )
+    if measured:
+        elapsed = float(result.get("time_total_s", math.nan))
+        eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.nan
+        line += f" | eta {format_duration(eta)}"
+    return line
 
 
 class ProgressPrinter(tune.Callback):
     """Tune callback: one readable line per trial iteration instead of result tables.
 
     Lines start with ``[trial id]`` when the experiment has several trials (or always,
-    with ``label=True``, e.g. for searches whose trials are created one by one).
+    with ``label=True``, e.g. for searches whose trials are created one by one). With
+    ``stop`` (the run's stop criteria) each line shows progress against it and an ETA.
     """
 
-    def __init__(self, label: bool = False) -> None:
+    def __init__(self, label: bool = False, stop: dict[str, Any] | None = None) -> None:
         self.label = label
+        self.stop = dict(stop or {})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: D102
         limit = float(trial.config.get("cost_limit", math.nan))
         label = f"[{trial.trial_id}] " if self.label or len(trials) > 1 else ""
-        print(progress_line(result, limit, label), flush=True)
+        print(progress_line(result, limit, label, self.stop), flush=True)
 
 
 def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | None,
-                     checkpoint_freq: int | None, resume: bool) -> tuple[str, str]:
+                     checkpoint_freq: int | None, resume: bool,
+                     user_config: dict[str, Any] | None = None) -> tuple[str, str]:
     """What `rllib train` and `rllib tune` do before Tune starts; returns
     ``(storage root, experiment dir)``.
 
@@ -71,12 +131,24 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
     checks that one trial fits the cluster (before Tune queues a trial that could never
     start).
 
+    With ``user_config`` (the config keys the user set), the layout keys it does not set
+    are first shrunk to fit the cluster (:func:`rllib_kfcpo.cli.layout.fit_layout`,
+    ``config`` is changed in place) and the layout is printed in one line; a layout that
+    does not fit is refused with a ``--config`` override that would.
+
     Raises:
         ExperimentError: nothing to resume, or the trial does not fit the cluster.
     """
     import ray
 
     from rllib_kfcpo.cli.experiment import ExperimentError
+    from rllib_kfcpo.cli.layout import (
+        fit_layout,
+        fitting_override,
+        layout_line,
+        override_hint,
+        user_layout_keys,
+    )
     from rllib_kfcpo.safe.algorithm import ClusterResourceError, check_cluster_resources
 
     storage = str(Path(storage_path or os.path.join(os.getcwd(), "results")).resolve())
@@ -90,10 +162,19 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    total = ray.cluster_resources()
+    cpus, gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
+    chosen = False
+    if user_config is not None:
+        chosen = fit_layout(config, user_layout_keys(config, user_config), cpus, gpus)
     try:
         check_cluster_resources(config, include_main_process=True)
     except ClusterResourceError as err:
-        raise ExperimentError(f"[{label}] {err}") from err
+        hint = fitting_override(config, cpus, gpus)
+        fix = f" This fits: {override_hint(hint)}." if hint else ""
+        raise ExperimentError(f"[{label}] {err}{fix}") from err
+    if user_config is not None:
+        print(layout_line(config, cpus, gpus, chosen), flush=True)
     return storage, exp_dir
 
 
@@ -102,14 +183,14 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
                    extra_stop: dict[str, Any] | None = None) -> Any:
     """Trains one experiment with Tune (one trial per seed); returns the ResultGrid."""
     config = exp.build_config()
-    param_space = config.to_dict()
-    if exp.seeds:
-        param_space["seed"] = tune.grid_search(exp.seeds)
     stop = {**exp.stop, **(extra_stop or {})}
     freq = exp.checkpoint_freq if checkpoint_freq is None else checkpoint_freq
     storage, exp_dir = prepare_tune_run(config, label=exp.name, name=exp.name,
                                         storage_path=storage_path, checkpoint_freq=freq,
-                                        resume=resume)
+                                        resume=resume, user_config=exp.config)
+    param_space = config.to_dict()
+    if exp.seeds:
+        param_space["seed"] = tune.grid_search(exp.seeds)
     started = time.time()
     print(f"== {exp.name}: {exp.run} on {exp.env}, cost limit {config.cost_limit:g}, "
           f"stop {stop}, results in {storage}/{exp.name}", flush=True)
@@ -118,7 +199,7 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
         storage_path=storage,
         stop=stop,
         verbose=0,
-        callbacks=[ProgressPrinter()],
+        callbacks=[ProgressPrinter(stop=stop)],
         checkpoint_config=tune.CheckpointConfig(
             checkpoint_frequency=freq, checkpoint_at_end=True, num_to_keep=3
         ),
@@ -134,7 +215,7 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
     for result in grid:
         if result.error:
             raise RuntimeError(f"trial of {exp.name} failed: {result.error}")
-        print(f"   final: {progress_line(result.metrics, config.cost_limit)}")
+        print(f"   final: {progress_line(result.metrics, config.cost_limit, stop=stop)}")
         if result.checkpoint is not None:
             print(f"   checkpoint: {result.checkpoint.path}")
     return grid

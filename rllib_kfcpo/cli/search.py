@@ -180,11 +180,12 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
     if num_samples < 1:
         raise ExperimentError(f"--num-samples {num_samples} is invalid: give an integer >= 1.")
     config = _with_objective_callback(exp.build_config())
-    param_space = {**config.to_dict(), **space}
     name = name or f"{exp.name}-search"
     storage, exp_dir = prepare_tune_run(config, label=exp.name, name=name,
                                         storage_path=storage_path,
-                                        checkpoint_freq=checkpoint_freq, resume=resume)
+                                        checkpoint_freq=checkpoint_freq, resume=resume,
+                                        user_config={**exp.config, **spec})
+    param_space = {**config.to_dict(), **space}
     started = time.time()
     if resume:
         print(f"== resuming search {exp_dir}", flush=True)
@@ -206,7 +207,8 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
                 storage_path=storage,
                 stop=exp.stop,
                 verbose=0,
-                callbacks=[ProgressPrinter(label=True), *(extra_callbacks or [])],
+                callbacks=[ProgressPrinter(label=True, stop=exp.stop),
+                           *(extra_callbacks or [])],
                 checkpoint_config=tune.CheckpointConfig(
                     checkpoint_frequency=checkpoint_freq, checkpoint_at_end=True,
                     num_to_keep=2, checkpoint_score_attribute=OBJECTIVE_KEY,

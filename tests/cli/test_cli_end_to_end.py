@@ -67,8 +67,9 @@ def _progress(trial_dir: Path) -> list[dict[str, str]]:
 def test_train_file_prints_one_progress_line_per_iteration(cli_run):
     out = cli_run["stdout"]
     assert "== safety-point-goal1-kfcpo: KFCPO on SafetyPointGoal1-v0, cost limit 25" in out
-    lines = re.findall(r"^\[(\w+)\] iter +(\d+) \| steps +[\d,]+ \| return .*\| cost .*"
-                       r"/ limit 25 \|", out, re.MULTILINE)
+    # The iteration counter shows the stop target, its percentage, and the line an ETA.
+    lines = re.findall(rf"^\[(\w+)\] iter +(\d+)/{ITERATIONS} \(\d+ %\) \| steps +[\d,]+ \| "
+                       r"return .*\| cost .*/ limit 25 \|.*\| eta \d+[smh]", out, re.MULTILINE)
     per_trial: dict[str, list[int]] = {}
     for trial, it in lines:
         per_trial.setdefault(trial, []).append(int(it))

@@ -1,0 +1,58 @@
+"""The per-iteration progress line: progress against the stop criterion and an ETA."""
+
+from __future__ import annotations
+
+import math
+
+from rllib_kfcpo.cli.run import format_duration, progress_line, stop_progress
+
+
+def _result(iteration: int, steps: int, elapsed: float) -> dict:
+    return {
+        "training_iteration": iteration,
+        "num_env_steps_sampled_lifetime": steps,
+        "time_this_iter_s": 4.8,
+        "time_total_s": elapsed,
+        "env_runners": {"episode_return_mean": 1.5, "episode_cost_mean": 30.0},
+        "learners": {"default_policy": {"mean_kl": 0.01}},
+    }
+
+
+def test_steps_stop_shows_target_percentage_and_eta():
+    # 120,000 of 1,000,000 steps after 114.5 s: 88 % left at the same speed = 840 s.
+    line = progress_line(_result(6, 120_000, 114.5), 25.0,
+                         stop={"num_env_steps_sampled_lifetime": 1_000_000})
+    assert "| steps   120,000/1,000,000 (12 %) |" in line
+    assert line.endswith("| eta 14m")
+    assert "iter    6 |" in line  # the other counter stays as it was
+    assert "cost   30.000!/ limit 25" in line
+
+
+def test_iteration_stop_shows_target_percentage_and_eta():
+    line = progress_line(_result(3, 12_000, 30.0), 25.0, label="[abc_00000] ",
+                         stop={"training_iteration": 10})
+    assert line.startswith("[abc_00000] iter    3/10 (30 %) | steps    12,000 |")
+    assert line.endswith("| eta 1m")  # 7 iterations left at 10 s each: 70 s
+
+
+def test_the_stop_that_ends_the_run_first_is_shown():
+    stop = {"training_iteration": 100, "num_env_steps_sampled_lifetime": 40_000}
+    assert stop_progress(_result(3, 12_000, 30.0), stop) == (
+        "num_env_steps_sampled_lifetime", 0.3)
+    line = progress_line(_result(3, 12_000, 30.0), 25.0, stop=stop)
+    assert "steps    12,000/40,000 (30 %)" in line and "iter    3 |" in line
+
+
+def test_no_progress_without_a_measurable_stop():
+    for stop in (None, {}, {"env_runners/episode_return_mean": 10}, {"time_total_s": 60}):
+        line = progress_line(_result(3, 12_000, 30.0), 25.0, stop=stop)
+        assert "eta" not in line and "%" not in line and "/" not in line.split("|")[0]
+    assert stop_progress(_result(3, 12_000, 30.0), {"time_total_s": 60})[0] == ""
+
+
+def test_durations_and_the_last_iteration():
+    assert [format_duration(s) for s in (0, 45, 59.4, 840, 3599, 3600, 7500)] == [
+        "0s", "45s", "59s", "14m", "1h00m", "1h00m", "2h05m"]
+    assert format_duration(math.nan) == "?"
+    line = progress_line(_result(10, 40_000, 100.0), 25.0, stop={"training_iteration": 10})
+    assert "iter   10/10 (100 %)" in line and line.endswith("| eta 0s")
