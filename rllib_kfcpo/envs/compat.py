@@ -24,6 +24,10 @@ D/E numpy >= 2.4: ``int()``/``float()`` of a size-1, ndim>0 array: index ``[0]``
 F   ``Builder``'s EzPickle kwargs omit ``task_id`` (pickle/deepcopy of a live env).
 G   the package ``__init__`` imports gymnasium-robotics for the multi-agent ``make_ma``:
     that import becomes lazy, raising a clear ImportError only when ``make_ma`` is called.
+S   the agents' action space: float32 bounds in a float64 ``Box`` make gymnasium 1.x
+    compare them with float64's range cast to float32, warning "RuntimeWarning: overflow
+    encountered in cast" in every process that builds a task. The bounds are widened to
+    float64 after the same float32 rounding, so the space is bit-identical and quiet.
 R   not a compatibility fix but the hook of the opt-in fast reset: ``World.build``
     compiles its model through :func:`rllib_kfcpo.envs.fast_reset.compile_world_model`,
     which is exactly ``MjModel.from_xml_string`` unless the env was made with
@@ -138,6 +142,11 @@ FIXES: tuple[SourceFix, ...] = (
               "gymnasium.utils.EzPickle.__init__(self, task_id=task_id, config=config, "
               "render_mode=render_mode, width=width, height=height, camera_id=camera_id, "
               "camera_name=camera_name)"),
+    # S: float32 bounds in a float64 Box (gymnasium warns "overflow encountered in cast").
+    SourceFix("S", "safety_gymnasium.bases.base_agent",
+              "bounds = self.engine.model.actuator_ctrlrange.copy().astype(np.float32)\n",
+              "bounds = self.engine.model.actuator_ctrlrange.copy().astype(np.float32)"
+              ".astype(np.float64)  # rllib_kfcpo fix S\n"),
     # R: the compile call, routed through the opt-in fast reset (identity when off).
     SourceFix("R", "safety_gymnasium.world",
               "model = mujoco.MjModel.from_xml_string(self.xml_string)",

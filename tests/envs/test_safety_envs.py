@@ -144,3 +144,24 @@ def test_non_finite_env_output_is_caught_with_env_id_and_step(what):
     env.step(np.zeros(1, np.float32))
     with pytest.raises(NonFiniteEnvOutputError, match=r"'MyNanTask-v0'.*step 3"):
         env.step(np.zeros(1, np.float32))
+
+
+def test_action_space_builds_without_overflow_warning_and_is_unchanged():
+    """Fix S: gymnasium warned "overflow encountered in cast" for every task built (float32
+    bounds in a float64 Box); the space keeps its dtype and float32-rounded bounds."""
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('error', RuntimeWarning)\n"
+        "from rllib_kfcpo.envs import make_safety_env, applied_fixes\n"
+        "env = make_safety_env('SafetyPointGoal1-v0')\n"
+        "space = env.action_space\n"
+        "ctrl = env.unwrapped.task.agent.engine.model.actuator_ctrlrange\n"
+        "assert space.dtype == np.float64, space.dtype\n"
+        "assert (space.low == ctrl[:, 0].astype(np.float32)).all(), space.low\n"
+        "assert (space.high == ctrl[:, 1].astype(np.float32)).all(), space.high\n"
+        "print(('S', 'safety_gymnasium.bases.base_agent') in applied_fixes())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "overflow encountered in cast" not in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "True"
