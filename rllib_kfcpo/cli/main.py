@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--episodes", type=int, default=5)
     evaluate.add_argument("--seed", type=int, default=0)
+    _add_verbose(evaluate)
 
     plot = sub.add_parser("plot", help="learning curves PNG from result directories")
     plot.add_argument("dirs", nargs="+")
@@ -94,10 +95,17 @@ def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="{}", help="JSON config overrides")
     parser.add_argument("--stop", default=None, help="JSON stop criteria (override the file's)")
     parser.add_argument("--storage-path", default=None, help="results root (default ./results)")
+    _add_verbose(parser)
     parser.add_argument("--smoke", action="store_true",
                         help="tiny budgets (200 env steps, 1 epoch, no remote env runners, "
                         "50-step Safety-Gymnasium episodes, 1 iteration unless --stop) to "
                         "check the experiment runs; --config and --stop still win")
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every log line of Ray, RLlib and Tune (by default their "
+                        "known-harmless notices are filtered; warnings and errors show)")
 
 
 def _experiments(args: argparse.Namespace) -> list[Experiment]:
@@ -214,6 +222,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rllib`` console script."""
     args = _parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        from rllib_kfcpo.cli import quiet
+
+        quiet.enable()
     import rllib_kfcpo  # noqa: F401  (registration)
 
     try:

@@ -141,6 +141,7 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
     """
     import ray
 
+    from rllib_kfcpo.cli import quiet
     from rllib_kfcpo.cli.experiment import ExperimentError
     from rllib_kfcpo.cli.layout import (
         fit_layout,
@@ -161,7 +162,10 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
     if checkpoint_freq:
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 **quiet.ray_init_kwargs())
+        if quiet.enabled():
+            quiet.filter_forwarded_worker_logs()
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
     chosen = False

@@ -41,6 +41,11 @@ def make_env_from_config(config: Any) -> gym.Env:
             return _global_registry.get(ENV_CREATOR, env_spec)(env_config)
         if env_spec in gym.registry:
             return gym.make(env_spec, **dict(env_config))
+        if ":" in env_spec:  # gymnasium's "module:EnvId-v0": imports module, which registers
+            try:
+                return gym.make(env_spec, **dict(env_config))
+            except (ImportError, gym.error.Error) as err:
+                raise ValueError(f"Cannot make env {env_spec!r}: {err}") from err
         close = difflib.get_close_matches(env_spec, _known_env_ids(), n=5, cutoff=0.6)
         hint = f" Did you mean one of {close}?" if close else ""
         raise ValueError(
