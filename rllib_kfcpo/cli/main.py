@@ -75,6 +75,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="trials running at once (default: as many as the CPUs fit)")
     search.add_argument("--resume", action="store_true",
                         help="continue the interrupted search <storage-path>/<name>")
+    search.add_argument("--scheduler", choices=["fifo", "asha"], default="fifo",
+                        help="fifo: every trial runs its whole budget; asha: stop the worst "
+                        "trials early (Tune's ASHA on the constrained objective: trials over "
+                        "their cost limit first); needs a training_iteration or "
+                        "num_env_steps_sampled_lifetime stop")
+    search.add_argument("--grace-period", type=int, default=None,
+                        help="asha: no trial is stopped before this many iterations (env "
+                        "steps with an env-step stop); default 10%% of the budget")
+    search.add_argument("--reduction-factor", type=float, default=4.0,
+                        help="asha: at each rung the best 1/FACTOR of the trials go on "
+                        "(default 4, Tune's)")
 
     evaluate = sub.add_parser("evaluate", help="roll out a checkpoint; report return and cost")
     evaluate.add_argument("checkpoint")
@@ -193,7 +204,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     grid = run_search(exp, search=search, num_samples=args.num_samples,
                       storage_path=args.storage_path, name=args.name,
                       checkpoint_freq=args.checkpoint_freq,
-                      max_concurrent_trials=args.max_concurrent, resume=args.resume)
+                      max_concurrent_trials=args.max_concurrent, resume=args.resume,
+                      scheduler=args.scheduler, grace_period=args.grace_period,
+                      reduction_factor=args.reduction_factor)
     searched = list(search) if search is not None else None
     ranked = rank_trials(grid, searched)
     print("== ranking (feasible trials first, by return; infeasible last, by violation):")

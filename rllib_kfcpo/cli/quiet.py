@@ -14,6 +14,8 @@ Where the notices come from:
 - Ray workers (the Tune trial actor, env runners, learners): the CLI starts Ray with
   :data:`WORKER_SETUP_HOOK` as the job's ``worker_process_setup_hook``, which runs
   :func:`quiet` in every worker process before it does anything else;
+- "Exception ignored in: LearnerGroup.__del__ ... SystemExit" when Tune stops a trial
+  early (:data:`KNOWN_UNRAISABLE`) is dropped by :func:`quiet`'s ``sys.unraisablehook``;
 - the one notice that Ray's C++ core logs in a worker (the actor-restart notice of
   ``core_worker.cc``) cannot be filtered in Python where it is written, so
   :func:`filter_forwarded_worker_logs` drops exactly its lines where the driver prints
@@ -28,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,9 +125,32 @@ def quiet() -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, KnownNoiseFilter) for f in log.filters):
             log.addFilter(KnownNoiseFilter(patterns))
+    if not getattr(sys.unraisablehook, "_rllib_kfcpo_quiet", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     # Tune's experiment table and "View detailed results" lines come from its new
     # output engine even with verbose=0; the legacy one prints nothing at verbose=0.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+#: ``(exception type, qualified name of the function it escaped from)`` of "Exception
+#: ignored in ..." reports that are harmless: Tune stopping a trial early (ASHA) sends its
+#: actor SIGTERM, and Ray's handler raises SystemExit inside RLlib's
+#: ``LearnerGroup.__del__``, which Python reports with a full traceback.
+KNOWN_UNRAISABLE: tuple[tuple[type[BaseException], str], ...] = (
+    (SystemExit, "LearnerGroup.__del__"),
+)
+
+
+def _quiet_unraisable(hook: Any) -> Any:
+    def handle(unraisable: Any) -> None:
+        where = getattr(unraisable.object, "__qualname__", None)
+        for kind, qualname in KNOWN_UNRAISABLE:
+            if isinstance(unraisable.exc_value, kind) and where == qualname:
+                return
+        hook(unraisable)
+
+    handle._rllib_kfcpo_quiet = True  # type: ignore[attr-defined]
+    return handle
 
 
 def filter_forwarded_worker_logs() -> bool:

@@ -133,6 +133,73 @@ def parse_search_space(spec: dict[str, Any]) -> dict[str, Any]:
     return space
 
 
+#: ``rllib tune --scheduler``: Tune's FIFO (every trial runs its whole budget) or ASHA.
+SCHEDULERS = ("fifo", "asha")
+#: ASHA's defaults here: Tune's reduction factor; the grace period is 10 % of the budget.
+DEFAULT_REDUCTION_FACTOR = 4.0
+GRACE_FRACTION = 0.1
+
+
+def make_scheduler(name: str | None, stop: dict[str, Any], *,
+                   grace_period: int | None = None,
+                   reduction_factor: float = DEFAULT_REDUCTION_FACTOR) -> Any:
+    """The Tune scheduler of ``rllib tune --scheduler`` (None for FIFO).
+
+    ``"asha"`` is Tune's ASHAScheduler on :data:`OBJECTIVE_KEY` (maximised), the same
+    constrained score the ranking uses, so a trial over its cost limit is stopped before
+    any feasible one. Its budget (``max_t``) and time unit are the experiment's
+    ``training_iteration`` stop, else its ``num_env_steps_sampled_lifetime`` stop; no trial
+    is stopped before ``grace_period`` of that unit (default 10 % of the budget), and at
+    each rung only the best ``1 / reduction_factor`` of the trials that reached it go on.
+
+    Raises:
+        ExperimentError: unknown scheduler, no budget to schedule against, bad numbers.
+    """
+    if name in (None, "fifo"):
+        return None
+    if name != "asha":
+        raise ExperimentError(f"--scheduler {name!r}: use one of {list(SCHEDULERS)}.")
+    time_attr = next((k for k in ("training_iteration", STEPS_KEY) if k in (stop or {})), None)
+    if time_attr is None:
+        raise ExperimentError(
+            "--scheduler asha needs a budget to schedule against: give a "
+            "training_iteration or num_env_steps_sampled_lifetime stop, e.g. --stop "
+            "'{\"training_iteration\": 100}'.")
+    max_t = int(stop[time_attr])
+    grace = max(1, int(max_t * GRACE_FRACTION)) if grace_period is None else int(grace_period)
+    if not 1 <= grace <= max_t:
+        raise ExperimentError(f"--grace-period {grace_period} is invalid: give 1 to the "
+                              f"budget ({time_attr} {max_t:,}).")
+    if not reduction_factor > 1:
+        raise ExperimentError(f"--reduction-factor {reduction_factor:g} is invalid: give a "
+                              "number > 1 (e.g. 2: half of the trials at a rung go on).")
+    scheduler = tune.schedulers.ASHAScheduler(
+        time_attr=time_attr, metric=OBJECTIVE_KEY, mode="max", max_t=max_t,
+        grace_period=grace, reduction_factor=reduction_factor,
+    )
+    scheduler.rllib_kfcpo_settings = (time_attr, max_t, grace, float(reduction_factor))
+    return scheduler
+
+
+def asha_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
+    """Where ASHA compares trials: ``grace_period * reduction_factor**k`` below ``max_t``."""
+    rungs, t = [], float(grace_period)
+    while t < max_t:
+        rungs.append(int(t))
+        t *= reduction_factor
+    return rungs
+
+
+def _scheduler_text(scheduler: Any) -> str:
+    if scheduler is None:
+        return "FIFO (every trial runs its whole budget)"
+    time_attr, max_t, grace, factor = scheduler.rllib_kfcpo_settings
+    unit = "iteration(s)" if time_attr == "training_iteration" else "env steps"
+    rungs = ", ".join(f"{r:,}" for r in asha_rungs(max_t, grace, factor))
+    return (f"ASHA on {OBJECTIVE_KEY}: the worst trials stop at {unit} {rungs or '-'} "
+            f"(reduction factor {factor:g}; budget {max_t:,})")
+
+
 def _check_search_keys(exp: Experiment, spec: dict[str, Any]) -> None:
     """Builds the config with each searched key set to a valid sample: names bad keys."""
     probe = dict(exp.config)
@@ -159,7 +226,9 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
                num_samples: int = 1, storage_path: str | None = None,
                name: str | None = None, checkpoint_freq: int = 1,
                max_concurrent_trials: int | None = None, resume: bool = False,
-               extra_callbacks: list[tune.Callback] | None = None) -> tune.ResultGrid:
+               extra_callbacks: list[tune.Callback] | None = None,
+               scheduler: str | None = None, grace_period: int | None = None,
+               reduction_factor: float = DEFAULT_REDUCTION_FACTOR) -> tune.ResultGrid:
     """Runs (or with ``resume=True`` continues) a search over ``search`` for ``exp``.
 
     Args:
@@ -173,12 +242,18 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
         max_concurrent_trials: trials running at once (default: as many as fit).
         resume: continue the interrupted search in ``<storage_path>/<name>``.
         extra_callbacks: more Tune callbacks (the tests interrupt a search with one).
+        scheduler: ``"fifo"`` (default) or ``"asha"`` (see :func:`make_scheduler`).
+        grace_period: ASHA: no trial is stopped before this many iterations (or env steps,
+            with an env-step budget); default 10 % of the budget.
+        reduction_factor: ASHA: at each rung the best 1/reduction_factor go on.
     """
     spec = dict(DEFAULT_SEARCH_SPACE if search is None else search)
     space = parse_search_space(spec)
     _check_search_keys(exp, spec)
     if num_samples < 1:
         raise ExperimentError(f"--num-samples {num_samples} is invalid: give an integer >= 1.")
+    trial_scheduler = make_scheduler(scheduler, exp.stop, grace_period=grace_period,
+                                     reduction_factor=reduction_factor)
     config = _with_objective_callback(exp.build_config())
     name = name or f"{exp.name}-search"
     storage, exp_dir = prepare_tune_run(config, label=exp.name, name=name,
@@ -197,11 +272,13 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
         print(f"== search {name}: {exp.run} on {exp.env}, cost limit {config.cost_limit:g}, "
               f"space {spec}, {num_samples} sample(s), stop {exp.stop}, results in {exp_dir}",
               flush=True)
+        print(f"   scheduler: {_scheduler_text(trial_scheduler)}", flush=True)
         tuner = tune.Tuner(
             exp.run,
             param_space=param_space,
             tune_config=tune.TuneConfig(num_samples=num_samples,
-                                        max_concurrent_trials=max_concurrent_trials),
+                                        max_concurrent_trials=max_concurrent_trials,
+                                        scheduler=trial_scheduler),
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,

@@ -171,3 +171,24 @@ def test_user_layout_keys_are_kept():
     # A GPU learner on a machine without one: train on CPU instead.
     config = _config(num_gpus_per_learner=1)
     assert fitting_override(config, 4, 0) == {"num_gpus_per_learner": 0.0}
+
+
+def test_only_the_known_teardown_report_is_dropped():
+    """Tune stopping a trial early makes RLlib's LearnerGroup.__del__ raise SystemExit,
+    which Python reports as "Exception ignored in"; that report alone is dropped."""
+    import sys
+
+    code = (
+        "from rllib_kfcpo.cli.quiet import quiet\n"
+        "quiet()\n"
+        "class LearnerGroup:\n"
+        "    def __del__(self): raise SystemExit(1)\n"
+        "class UserThing:\n"
+        "    def __del__(self): raise SystemExit(2)\n"
+        "LearnerGroup(); UserThing()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "LearnerGroup.__del__" not in proc.stderr
+    assert "Exception ignored in: <function UserThing.__del__" in proc.stderr
+    assert "SystemExit: 2" in proc.stderr
