@@ -256,3 +256,13 @@ def test_critic_minibatch_size_sets_the_critic_steps_per_policy_step(critic_mini
     counts = {int(state["step"]) for state in optimizer.state.values()}
     assert counts == {steps}
     assert -1.0 <= float(out["vf_explained_var"].peek()) <= 1.0
+
+
+def test_exact_step_metric_sizes_the_step_to_the_real_kl():
+    """step_metric='exact': the quadratic KL of the span step is computed in the exact
+    Fisher of span(n_r, n_c), so the real KL of the step matches it to second order (the
+    K-FAC metric's ratio is whatever the Kronecker approximation makes it)."""
+    out = _one_update(20.0, step_rule="span", step_metric="exact", trust_region_kl=1e-4,
+                      kl_rollback=False)
+    assert out["kl_quadratic_estimate"] == pytest.approx(1e-4, rel=1e-6)
+    assert out["kl_of_step"] == pytest.approx(1e-4, rel=0.05)

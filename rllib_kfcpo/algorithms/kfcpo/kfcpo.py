@@ -21,6 +21,7 @@ from rllib_kfcpo.safe.config import SafeAlgorithmConfig
 
 MARGIN_SCHEDULES = ("sigmoid", "hard")
 STEP_RULES = ("blend", "span")
+STEP_METRICS = ("kfac", "exact")
 PROJECTIONS = ("harmful", "both", "none")
 
 #: name -> (default, one-line description); the single place each KFCPO setting is documented.
@@ -38,6 +39,9 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "adaptive_trust_region": (False, "Divide trust_region_kl by the running real/quadratic "
                                      "KL ratio of kept steps, so steps are sized to the real "
                                      "KL."),
+    "step_metric": ("kfac", "Fisher metric of steps 5-6 on span(n_r, n_c): 'kfac' (the K-FAC "
+                            "Gram) or 'exact' (the exact Gaussian Fisher of the two "
+                            "directions, by two Jacobian-vector products)."),
     "step_rule": ("blend", "'blend' (w_r n_r' + w_c n_c', scaled to the trust region) or "
                            "'span' (exact best reward step in span(n_r, n_c) that buys the "
                            "share 2 w_c - 1 of the largest cost decrease)."),
@@ -116,6 +120,7 @@ class KFCPOConfig(SafeAlgorithmConfig):
              and not isinstance(v, bool) and 0 < v <= 1, "in (0, 1]"),
             ("margin_schedule", lambda v: v in MARGIN_SCHEDULES, f"one of {MARGIN_SCHEDULES}"),
             ("step_rule", lambda v: v in STEP_RULES, f"one of {STEP_RULES}"),
+            ("step_metric", lambda v: v in STEP_METRICS, f"one of {STEP_METRICS}"),
             ("critic_minibatch_size", lambda v: v is None or (
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1),
              "None or an integer >= 1"),

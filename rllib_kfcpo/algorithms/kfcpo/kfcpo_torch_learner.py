@@ -46,6 +46,7 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     cost_margin,
     cost_requirement,
     euclidean_inner,
+    gaussian_fisher_gram,
     gram_matrix,
     margin_weights,
     solve_span_trust_region,
@@ -165,6 +166,10 @@ class KFCPOTorchLearner(SafeTorchLearner):
         else:
             n_reward, n_cost = g_reward, g_cost
             gram = gram_matrix([g_reward, g_cost], euclidean_inner)
+        if cfg.step_metric == "exact":  # the exact Fisher restricted to span(n_r, n_c)
+            gram = gaussian_fisher_gram(module.pi, module.log_std, kfac.params,
+                                        [n_reward, n_cost], obs, batch.get(Columns.LOSS_MASK))
+            all_reduce_mean_([gram])
 
         # Step 4: margin-aware weights from Jc and the limit.
         jc = self.margin_cost if math.isfinite(self.margin_cost) else 0.0

@@ -212,3 +212,54 @@ def solve_span_trust_region(
         "quad": float(u @ q @ u),
     }
     return coeffs, info
+
+
+def gaussian_fisher_gram(network: torch.nn.Module, log_std: torch.Tensor,
+                         params: Sequence[torch.Tensor], directions: Sequence[Direction],
+                         obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact Fisher Gram ``[<d_k, d_l>_F]`` of parameter directions of a diagonal Gaussian.
+
+    For ``pi(a|s) = N(network(s), diag(exp(2 log_std)))`` the Fisher quadratic form of a
+    direction ``d`` is ``E_s[ sum_i (J_mu d)_i^2 / sigma_i^2 ] + 2 |d_logstd|^2``, where
+    ``J_mu d`` is the directional derivative of the mean: one forward-mode Jacobian-vector
+    product per direction (``torch.func.jvp``), no Fisher matrix. ``0.5 d'Fd`` is the KL of a
+    small step along ``d``, exactly to second order.
+
+    Args:
+        network: the mean network (its parameters are looked up in ``params`` by identity;
+            parameters of ``network`` missing from ``params`` get a zero tangent).
+        log_std: the state-independent log-std parameter (also in ``params``, or not moved).
+        params: the parameters the directions are laid out for, in order.
+        directions: ``K`` directions, each a tensor per entry of ``params``.
+        obs: the states to average over, ``(rows, obs_dim)``.
+        mask: optional ``(rows,)`` weights of real rows (a mean over them).
+
+    Returns:
+        The ``(K, K)`` float64 Gram matrix.
+    """
+    named = dict(network.named_parameters())
+    primals = {name: p.detach() for name, p in named.items()}
+    position = {id(p): i for i, p in enumerate(params)}
+    inv_var = torch.exp(-2.0 * log_std.detach())
+    mean_tangents, std_tangents = [], []
+    for direction in directions:
+        tangents = {name: (direction[position[id(p)]].detach() if id(p) in position
+                           else torch.zeros_like(p)) for name, p in named.items()}
+        _, d_mean = torch.func.jvp(
+            lambda weights: torch.func.functional_call(network, weights, (obs,)),
+            (primals,), (tangents,))
+        mean_tangents.append(d_mean)
+        std_tangents.append(direction[position[id(log_std)]].detach() if id(log_std) in position
+                            else torch.zeros_like(log_std))
+    rows = obs.shape[0]
+    weights = (torch.ones(rows, dtype=torch.float64, device=obs.device) if mask is None
+               else mask.detach().to(torch.float64))
+    weights = weights / weights.sum().clamp_min(1e-12)
+    count = len(directions)
+    gram = torch.zeros(count, count, dtype=torch.float64)
+    for k in range(count):
+        for j in range(k, count):
+            per_row = (mean_tangents[k] * mean_tangents[j] * inv_var).sum(-1).to(torch.float64)
+            value = (per_row * weights).sum() + 2.0 * (std_tangents[k] * std_tangents[j]).sum()
+            gram[k, j] = gram[j, k] = float(value)
+    return gram
