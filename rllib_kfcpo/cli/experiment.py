@@ -21,10 +21,12 @@ from typing import Any
 
 import yaml
 
+from rllib_kfcpo.rllib_seam import MODEL_CONFIG_ATTRIBUTE, translate_config_key
+
 EXPERIMENT_KEYS = {"run", "env", "stop", "config", "checkpoint_freq", "checkpoint_at_end",
                    "num_samples", "seeds"}
 #: Friendly spellings of config keys that RLlib stores under another name.
-CONFIG_ALIASES = {"model_config": "_model_config", "model": "_model_config"}
+CONFIG_ALIASES = {"model_config": MODEL_CONFIG_ATTRIBUTE, "model": MODEL_CONFIG_ATTRIBUTE}
 #: ``rllib train --smoke``: tiny budgets that check a tuned example runs end to end in
 #: seconds (one local env runner, 200 env steps, one epoch), before a long run.
 SMOKE_CONFIG: dict[str, Any] = {
@@ -136,7 +138,7 @@ def build_algorithm_config(run: str, env: str, overrides: dict[str, Any],
     unknown = []
     translated = {}
     for key, value in (overrides or {}).items():
-        real = CONFIG_ALIASES.get(key, config._translate_special_keys(key, warn_deprecated=False))
+        real = CONFIG_ALIASES.get(key, translate_config_key(key))
         if real in ("env", "environment"):
             raise ExperimentError(f"[{where}] set the env with `env:` next to `config:`, "
                                   "not inside config.")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rllib_kfcpo.rllib_seam import translate_config_key
+
 #: Config keys that make up the layout; setting any of them is choosing it.
 RUNNER_KEYS = ("num_env_runners", "num_cpus_per_env_runner")
 LEARNER_KEYS = ("num_learners", "num_gpus_per_learner", "num_cpus_per_learner")
@@ -30,7 +32,7 @@ def user_layout_keys(config: Any, user_config: dict[str, Any]) -> set[str]:
     """The layout keys set in ``user_config`` (aliases such as ``num_workers`` included)."""
     keys = set()
     for key in user_config or {}:
-        real = config._translate_special_keys(key, warn_deprecated=False)
+        real = translate_config_key(key)
         if real in LAYOUT_KEYS:
             keys.add(real)
     return keys

@@ -31,6 +31,7 @@ from rllib_kfcpo.cli.experiment import (
     apply_smoke,
     load_experiments,
 )
+from rllib_kfcpo.rllib_seam import MODEL_CONFIG_ATTRIBUTE
 
 
 def _json_arg(text: str, what: str) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def help_config(algo: str) -> str:
     config = known[algo]()
     lines = [f"{algo} config keys (set under `config:` in a YAML or with --config):"]
     for key in sorted(vars(config)):
-        if key.startswith("_") and key != "_model_config":
+        if key.startswith("_") and key != MODEL_CONFIG_ATTRIBUTE:
             continue
         value = getattr(config, key)
         if callable(value) and not isinstance(value, type):

@@ -31,6 +31,8 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from rllib_kfcpo.rllib_seam import forward_without_mode_walk
+
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     "fcnet_hiddens": [64, 64],
     "fcnet_activation": "tanh",
@@ -124,14 +126,14 @@ class SafeActorCriticTorchModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyA
         """
         if self.has_mode_dependent_layers():
             return super().forward_exploration(batch, **kwargs)
-        return self._forward_exploration(batch, **kwargs)
+        return forward_without_mode_walk(self, batch, explore=True, **kwargs)
 
     @override(TorchRLModule)
     def forward_inference(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
         """RLlib's ``forward_inference`` without the mode toggling (see ``forward_exploration``)."""
         if self.has_mode_dependent_layers():
             return super().forward_inference(batch, **kwargs)
-        return self._forward_inference(batch, **kwargs)
+        return forward_without_mode_walk(self, batch, explore=False, **kwargs)
 
     @override(TorchRLModule)
     def get_inference_action_dist_cls(self) -> type[TorchDiagGaussian]:

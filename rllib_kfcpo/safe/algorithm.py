@@ -34,6 +34,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from rllib_kfcpo.env_data import MissingCostError, NonFiniteEnvDataError
+from rllib_kfcpo.rllib_seam import checkpoint_class_name, dead_learner_actors
 from rllib_kfcpo.safe.columns import (
     EPISODE_COST_FOR_LEARNER,
     EPISODE_COST_MEAN,
@@ -121,18 +122,6 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return {}
 
 
-def _class_in_checkpoint(path: str | os.PathLike) -> str | None:
-    """Name of the class RLlib stored in ``class_and_ctor_args.pkl`` (None if unreadable)."""
-    file = pathlib.Path(path) / PPO.CLASS_AND_CTOR_ARGS_FILE_NAME
-    try:
-        import ray.cloudpickle as pickle
-
-        with file.open("rb") as f:
-            return pickle.load(f)["class"].__name__
-    except Exception:  # noqa: BLE001 - unreadable: leave the decision to RLlib
-        return None
-
-
 def check_checkpoint_compatible(path: str | os.PathLike, algorithm: type) -> None:
     """Raises :class:`CheckpointMismatchError` if ``path`` cannot be restored as ``algorithm``.
 
@@ -150,7 +139,7 @@ def check_checkpoint_compatible(path: str | os.PathLike, algorithm: type) -> Non
     written_by = meta.get(META_ALGORITHM)
     version = meta.get(META_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION)
     if written_by is None:  # older checkpoint, or not one of ours
-        written_by = _class_in_checkpoint(path)
+        written_by = checkpoint_class_name(path)
         if written_by is None:
             return
     if written_by not in accepted:
@@ -307,16 +296,6 @@ class SafeAlgorithm(PPO):
                 stats.append(runner_stats)
         return episodes, stats
 
-    def _dead_learners(self) -> list[int]:
-        """Ids of learner actors that no longer answer (empty with a local learner)."""
-        manager = getattr(self.learner_group, "_worker_manager", None)
-        if manager is None:
-            return []
-        replies = manager.foreach_actor(lambda _: True, healthy_only=False,
-                                        timeout_seconds=30)
-        alive = {r.actor_id for r in replies if r.ok}
-        return [i for i in manager.actor_ids() if i not in alive]
-
     @override(PPO)
     def training_step(self) -> None:
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
@@ -333,7 +312,8 @@ class SafeAlgorithm(PPO):
             try:
                 learner_results = self._update_learners(episodes)
             except Exception as err:
-                dead = self._dead_learners() if not self.learner_group.is_local else []
+                dead = ([] if self.learner_group.is_local
+                        else dead_learner_actors(self.learner_group))
                 if not dead:
                     raise
                 raise LearnerFailureError(

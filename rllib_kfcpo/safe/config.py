@@ -174,7 +174,7 @@ class SafeAlgorithmConfig(PPOConfig):
         self._validate_safe_settings()
         super().validate()
         if self.framework_str != "torch":
-            self._value_error(
+            raise ValueError(
                 f"framework={self.framework_str!r}: rllib_kfcpo supports only torch. "
                 "Remove the framework setting or set config.framework('torch')."
             )
@@ -192,7 +192,7 @@ class SafeAlgorithmConfig(PPOConfig):
         for name in self.UNUSED_INHERITED_SETTINGS:
             value, default = getattr(self, name), getattr(defaults, name)
             if value != default and not (value is None and default is None):
-                self._value_error(
+                raise ValueError(
                     f"training({name}={value!r}) is not used by {algo}: it is a PPO setting "
                     f"{algo} does not read. Remove it (default {default!r})."
                 )
@@ -210,17 +210,17 @@ class SafeAlgorithmConfig(PPOConfig):
         ]
         for name, value, ok, allowed in checks:
             if not _is_number(value) or not ok(value):
-                self._value_error(
+                raise ValueError(
                     f"training({name}={value!r}) is invalid: {name} must be {allowed}."
                 )
         window = self.cost_window_episodes
         if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-            self._value_error(
+            raise ValueError(
                 f"training(cost_window_episodes={window!r}) is invalid: it must be an "
                 "integer >= 0 (OmniSafe: 100; 0 = the latest iteration's episodes)."
             )
         if self.cost_advantages not in COST_ADVANTAGE_MODES:
-            self._value_error(
+            raise ValueError(
                 f"training(cost_advantages={self.cost_advantages!r}) is invalid: it must be "
                 f"one of {COST_ADVANTAGE_MODES}."
             )
@@ -231,14 +231,14 @@ class SafeAlgorithmConfig(PPOConfig):
         for method, name, value in counts:
             minimum = 1 if name == "num_envs_per_env_runner" else 0
             if not _is_number(value) or not math.isfinite(value) or value < minimum:
-                self._value_error(
+                raise ValueError(
                     f"{method}({name}={value!r}) is invalid: {name} must be a number "
                     f">= {minimum}."
                 )
 
         interval = self.connector_timing_interval
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            self._value_error(
+            raise ValueError(
                 f"connector_timing(interval={interval!r}) is invalid: it must be an integer "
                 ">= 1 (1 = time every connector call, RLlib's behaviour)."
             )
@@ -246,18 +246,17 @@ class SafeAlgorithmConfig(PPOConfig):
         sizes = [("train_batch_size", self.train_batch_size),
                  ("minibatch_size", self.minibatch_size),
                  ("num_epochs", self.num_epochs)]
-        if self._train_batch_size_per_learner is not None:
-            sizes.append(("train_batch_size_per_learner", self._train_batch_size_per_learner))
+        sizes.append(("train_batch_size_per_learner", self.train_batch_size_per_learner))
         for name, value in sizes:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                self._value_error(
+                raise ValueError(
                     f"training({name}={value!r}) is invalid: {name} must be a positive "
                     "integer."
                 )
         tbs = self.train_batch_size_per_learner
         if isinstance(tbs, int) and isinstance(self.minibatch_size, int) \
                 and self.minibatch_size > tbs:
-            self._value_error(
+            raise ValueError(
                 f"training(minibatch_size={self.minibatch_size}) is invalid: it is larger "
                 f"than the per-learner train batch ({tbs} = train_batch_size "
                 f"{self.train_batch_size} / num_learners {max(self.num_learners, 1)}). Make "
@@ -268,7 +267,7 @@ class SafeAlgorithmConfig(PPOConfig):
             and not isinstance(self.rollout_fragment_length, bool)
             and self.rollout_fragment_length > 0
         ):
-            self._value_error(
+            raise ValueError(
                 f"env_runners(rollout_fragment_length={self.rollout_fragment_length!r}) is "
                 "invalid: it must be 'auto' or a positive integer."
             )

@@ -19,6 +19,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import Learner
 from ray.rllib.utils.annotations import override
 
+from rllib_kfcpo.rllib_seam import learner_connector, wants_component
 from rllib_kfcpo.safe.columns import (
     COST_LIMIT_KEY,
     EPISODE_COST_FOR_LEARNER,
@@ -81,11 +82,11 @@ class SafeTorchLearner(PPOTorchLearner):
         #: Jc as last received from the driver (NaN until an episode has finished).
         self.episode_cost = math.nan
         if (
-            self._learner_connector is not None
+            learner_connector(self) is not None
             and self.config.add_default_connectors_to_learner_pipeline
         ):
-            self._learner_connector.remove(GeneralAdvantageEstimation)
-            self._learner_connector.append(
+            learner_connector(self).remove(GeneralAdvantageEstimation)
+            learner_connector(self).append(
                 SafeGeneralAdvantageEstimation(
                     gamma=self.config.gamma,
                     lambda_=self.config.lambda_,
@@ -121,7 +122,7 @@ class SafeTorchLearner(PPOTorchLearner):
     @override(Learner)
     def get_state(self, components=None, *, not_components=None, **kwargs) -> dict[str, Any]:
         state = super().get_state(components, not_components=not_components, **kwargs)
-        if self._check_component(COMPONENT_SAFE_STATE, components, not_components):
+        if wants_component(self, COMPONENT_SAFE_STATE, components, not_components):
             state[COMPONENT_SAFE_STATE] = self.get_safe_state()
         return state
 

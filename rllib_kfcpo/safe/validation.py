@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from rllib_kfcpo.env_data import read_step_cost
+from rllib_kfcpo.rllib_seam import registered_env_creator
 
 #: Env ids registered with Ray Tune by this package's env modules (added by
 #: :func:`add_known_env_ids`), offered as suggestions next to gymnasium's registry.
@@ -27,8 +28,6 @@ def _known_env_ids() -> list[str]:
 def make_env_from_config(config: Any) -> gym.Env:
     """Builds one env exactly as RLlib's env runners would (tune registry, then gymnasium)."""
     from ray.rllib.env.env_context import EnvContext
-    from ray.tune.registry import ENV_CREATOR, _global_registry
-
     env_spec = config.env
     env_config = EnvContext(dict(config.env_config or {}), worker_index=0)
     if env_spec is None:
@@ -37,8 +36,9 @@ def make_env_from_config(config: Any) -> gym.Env:
             "(any Safety-Gymnasium task id, or an env registered with ray.tune.register_env)."
         )
     if isinstance(env_spec, str):
-        if _global_registry.contains(ENV_CREATOR, env_spec):
-            return _global_registry.get(ENV_CREATOR, env_spec)(env_config)
+        creator = registered_env_creator(env_spec)
+        if creator is not None:
+            return creator(env_config)
         if env_spec in gym.registry:
             return gym.make(env_spec, **dict(env_config))
         if ":" in env_spec:  # gymnasium's "module:EnvId-v0": imports module, which registers

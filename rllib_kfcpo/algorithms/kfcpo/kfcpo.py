@@ -135,12 +135,12 @@ class KFCPOConfig(SafeAlgorithmConfig):
         for name, ok, allowed in rules:
             value = getattr(self, name)
             if not ok(value):
-                self._value_error(
+                raise ValueError(
                     f"training({name}={value!r}) is invalid: {name} must be {allowed}."
                 )
         mbs, tbs = self.minibatch_size, self.train_batch_size_per_learner
         if isinstance(mbs, int) and isinstance(tbs, int) and mbs > tbs:
-            self._value_error(
+            raise ValueError(
                 f"minibatch_size={mbs} is larger than train_batch_size_per_learner={tbs}: "
                 "make the minibatch at most the per-learner batch."
             )

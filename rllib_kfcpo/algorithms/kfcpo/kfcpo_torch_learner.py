@@ -54,6 +54,7 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
 )
 from rllib_kfcpo.distributed import all_reduce_mean_
 from rllib_kfcpo.kfac import KFACPreconditioner
+from rllib_kfcpo.rllib_seam import CustomStepLearnerMixin
 from rllib_kfcpo.safe.columns import (
     COST_ADVANTAGES,
     COST_VALUE_TARGETS,
@@ -77,8 +78,13 @@ def _distributed() -> bool:
             and torch.distributed.get_world_size() > 1)
 
 
-class KFCPOTorchLearner(SafeTorchLearner):
-    """KFCPO's learner (see module docstring)."""
+class KFCPOTorchLearner(CustomStepLearnerMixin, SafeTorchLearner):
+    """KFCPO's learner (see module docstring).
+
+    Its backward is not a ``loss.backward()`` (it differentiates w.r.t. the layer outputs
+    for several losses at once), which DDP cannot average: no DDP, explicit all-reduces
+    (:class:`~rllib_kfcpo.rllib_seam.CustomStepLearnerMixin`).
+    """
 
     # --- Set-up -------------------------------------------------------------------------
     @override(SafeTorchLearner)
@@ -104,14 +110,8 @@ class KFCPOTorchLearner(SafeTorchLearner):
             )
 
     @override(TorchLearner)
-    def _make_modules_ddp_if_necessary(self) -> None:
-        """KFCPO's backward is not a loss.backward() (it differentiates w.r.t. the layer
-        outputs for several losses at once), which DDP cannot average: no DDP, explicit
-        all-reduces."""
-
-    @override(TorchLearner)
     def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
-        module = self._module[module_id].unwrapped()
+        module = self.module[module_id].unwrapped()
         params = module.critic_parameters()
         self.register_optimizer(
             module_id=module_id,
@@ -136,8 +136,8 @@ class KFCPOTorchLearner(SafeTorchLearner):
             self.metrics.log_value((module_id, M.MARGIN_COST), self.margin_cost, window=1)
 
     # --- The update ---------------------------------------------------------------------
-    @override(TorchLearner)
-    def _update(self, batch: dict[str, Any], **kwargs) -> tuple[Any, Any, Any]:
+    @override(CustomStepLearnerMixin)
+    def custom_update(self, batch: dict[str, Any], **kwargs) -> tuple[Any, Any, Any]:
         losses = {mid: self._kfcpo_step(mid, mb) for mid, mb in batch.items()}
         return {}, losses, {}
 

@@ -72,11 +72,11 @@ class PPOLagConfig(SafeAlgorithmConfig):
         for name, ok, allowed in rules:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-                self._value_error(
+                raise ValueError(
                     f"training({name}={value!r}) is invalid: it must be {allowed}."
                 )
         if self.lagrangian_multiplier_init > self.lagrangian_upper_bound:
-            self._value_error(
+            raise ValueError(
                 f"training(lagrangian_multiplier_init={self.lagrangian_multiplier_init!r}) "
                 f"is invalid: it is above lagrangian_upper_bound="
                 f"{self.lagrangian_upper_bound!r}; lower it or raise the bound."
