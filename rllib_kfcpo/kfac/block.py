@@ -125,13 +125,14 @@ class KroneckerBlock:
                                         damping=damping)
         return self.split(naturals[0])
 
-    def natural_gram(self, mats: torch.Tensor, *,
-                     damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def natural_gram(self, mats: torch.Tensor, *, damping: float,
+                     relative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Natural gradients of K gradients at once, and their Fisher Gram matrix.
 
         Args:
             mats: ``(K, out, in+1)`` gradient matrices (:meth:`matrix` of each).
             damping: as in :meth:`precondition`.
+            relative: add ``damping * mean(lg la^T)`` instead of ``damping``.
 
         Returns:
             ``(naturals, gram)``: ``(K, out, in+1)`` damped natural gradients (each equal to
@@ -140,6 +141,8 @@ class KroneckerBlock:
             when the decomposition is of the current ``A``, ``G``).
         """
         eig = self.lg.unsqueeze(1) * self.la.unsqueeze(0)
+        if relative:
+            damping = damping * float(eig.mean())
         rotated = (self.qg.T @ mats @ self.qa) / (eig + damping)
         gram = torch.einsum("kij,lij->kl", rotated * eig, rotated)
         return self.qg @ rotated @ self.qa.T, gram
@@ -210,9 +213,12 @@ class DiagonalBlock:
         """``g / (f + damping)``."""
         return grad / (self.fisher + damping)
 
-    def natural_gram(self, grads: torch.Tensor, *,
-                     damping: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(K, *shape)`` gradients -> their natural gradients and ``(K, K)`` Fisher Gram."""
+    def natural_gram(self, grads: torch.Tensor, *, damping: float,
+                     relative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(K, *shape)`` gradients -> their natural gradients and ``(K, K)`` Fisher Gram
+        (``relative``: the damping is ``damping * mean(f)``)."""
+        if relative:
+            damping = damping * float(self.fisher.mean())
         naturals = self.precondition(grads, damping=damping)
         flat = naturals.reshape(naturals.shape[0], -1)
         weighted = (naturals * self.fisher).reshape(naturals.shape[0], -1)

@@ -87,6 +87,10 @@ class KFACPreconditioner:
         inv_update_steps: after the burn-in, :meth:`update_factors` recomputes the
             eigendecompositions on every ``inv_update_steps``-th update only (kfac-pytorch's
             ``inv_update_steps``; during the burn-in on every update), integer >= 1.
+        relative_damping: False adds ``damping`` itself to every block's curvature
+            (Tikhonov); True adds ``damping`` times the block's mean curvature (the mean of
+            ``lg la^T`` for a Kronecker block, of ``f`` for a diagonal one), so the same
+            setting regularises every layer alike whatever the scale of its factors.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class KFACPreconditioner:
         decay: float = 0.95,
         burn_in: int = 10,
         inv_update_steps: int = 1,
+        relative_damping: bool = False,
     ) -> None:
         layers = list(layers)
         if not layers:
@@ -123,6 +128,10 @@ class KFACPreconditioner:
         self.decay = float(decay)
         self.burn_in = int(burn_in)
         self.inv_update_steps = int(inv_update_steps)
+        if not isinstance(relative_damping, bool):
+            raise ValueError(f"relative_damping={relative_damping!r} is invalid: it must be "
+                             "True or False.")
+        self.relative_damping = relative_damping
 
         self.layers = layers
         self.stats = [LinearStatistics(layer) for layer in layers]
@@ -319,13 +328,15 @@ class KFACPreconditioner:
         for j, (block, _) in enumerate(per_block[0]):
             if isinstance(block, KroneckerBlock):
                 mats = torch.stack([block.matrix(*per_block[k][j][1]) for k in range(count)])
-                out, part = block.natural_gram(mats, damping=self._damping)
+                out, part = block.natural_gram(mats, damping=self._damping,
+                                               relative=self.relative_damping)
                 for k in range(count):
                     w, b = block.split(out[k])
                     naturals[k] += [w] if b is None else [w, b]
             else:
                 stacked = torch.stack([per_block[k][j][1][0] for k in range(count)])
-                out, part = block.natural_gram(stacked, damping=self._damping)
+                out, part = block.natural_gram(stacked, damping=self._damping,
+                                               relative=self.relative_damping)
                 for k in range(count):
                     naturals[k].append(out[k])
             gram = gram + part

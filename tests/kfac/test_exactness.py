@@ -215,3 +215,23 @@ def test_condition_numbers_match_torch():
     # A singular factor (1 sample, 4 + 1 inputs) gives a large but finite number.
     _, small, _, _ = _fitted(n=1)
     assert 1e10 < small.diagnostics()["cond_A_max"] < float("inf")
+
+
+def test_relative_damping_is_the_kronecker_solve_with_damping_times_mean_curvature():
+    """relative_damping=True: each Kronecker block adds DAMPING * mean(eig(A (x) G)) =
+    DAMPING * tr(A) tr(G) / (dim A dim G), the diagonal block DAMPING * mean(f)."""
+    policy, kfac, obs, actions = _fitted()
+    kfac.relative_damping = True
+    grads = _random_like_params(kfac, seed=3)
+    got_layers, got_log_std = _split(kfac, kfac.precondition(grads))
+    grad_layers, grad_log_std = _split(kfac, grads)
+    for (A, G), (gw, gb), (nw, nb) in zip(brute_force_factors(policy, obs, actions),
+                                          grad_layers, got_layers, strict=True):
+        V = layer_matrix(gw, gb)
+        scale = torch.trace(A) * torch.trace(G) / (A.shape[0] * G.shape[0])
+        F_block = torch.kron(A, G) + DAMPING * scale * torch.eye(A.shape[0] * G.shape[0],
+                                                                 dtype=A.dtype)
+        expected = unvec(torch.linalg.solve(F_block, vec(V)), rows=V.shape[0])
+        torch.testing.assert_close(layer_matrix(nw, nb), expected, rtol=1e-9, atol=1e-11)
+    expected_log_std = grad_log_std / (LOG_STD_FISHER * (1 + DAMPING))
+    torch.testing.assert_close(got_log_std, expected_log_std, **TIGHT)

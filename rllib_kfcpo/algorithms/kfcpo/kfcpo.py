@@ -31,6 +31,9 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
                                     "cut into slices of this size, one critic step each "
                                     "(None: one critic step per policy minibatch)."),
     "kfac_damping": (1e-2, "Damping added to the Kronecker eigenvalue products."),
+    "kfac_damping_relative": (False, "Scale kfac_damping by each block's mean curvature "
+                                     "(mean Kronecker eigenvalue product), so one value "
+                                     "damps every layer alike."),
     "kfac_decay": (0.95, "EMA decay of the running Kronecker factors."),
     "kfac_burn_in": (10, "Factor updates averaged plainly (1/k) before the EMA starts."),
     "kfac_inv_update_steps": (4, "Eigendecompose the factors every N minibatch steps after "
@@ -127,6 +130,7 @@ class KFCPOConfig(SafeAlgorithmConfig):
             ("adaptive_trust_region", lambda v: isinstance(v, bool), "True or False"),
             ("projection", lambda v: v in PROJECTIONS, f"one of {PROJECTIONS}"),
             ("use_kfac", lambda v: isinstance(v, bool), "True or False"),
+            ("kfac_damping_relative", lambda v: isinstance(v, bool), "True or False"),
             ("normalize_directions", lambda v: isinstance(v, bool), "True or False"),
             ("kl_rollback", lambda v: isinstance(v, bool), "True or False"),
             ("rollback_backtracks", lambda v: isinstance(v, int) and not isinstance(v, bool)

@@ -107,6 +107,7 @@ class KFCPOTorchLearner(CustomStepLearnerMixin, SafeTorchLearner):
                 decay=cfg.kfac_decay,
                 burn_in=cfg.kfac_burn_in,
                 inv_update_steps=cfg.kfac_inv_update_steps,
+                relative_damping=cfg.kfac_damping_relative,
             )
 
     @override(TorchLearner)
