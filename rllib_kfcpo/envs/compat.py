@@ -24,10 +24,12 @@ D/E numpy >= 2.4: ``int()``/``float()`` of a size-1, ndim>0 array: index ``[0]``
 F   ``Builder``'s EzPickle kwargs omit ``task_id`` (pickle/deepcopy of a live env).
 G   the package ``__init__`` imports gymnasium-robotics for the multi-agent ``make_ma``:
     that import becomes lazy, raising a clear ImportError only when ``make_ma`` is called.
-R   not a compatibility fix but the hook of the opt-in fast reset: ``World.build``
+R   not a compatibility fix but the hooks of the fast reset: ``World.build``
     compiles its model through :func:`rllib_kfcpo.envs.fast_reset.compile_world_model`,
     which is exactly ``MjModel.from_xml_string`` unless the env was made with
-    ``reuse_compiled_model=True`` (see :mod:`rllib_kfcpo.envs.fast_reset`).
+    ``reuse_compiled_model=True`` (see :mod:`rllib_kfcpo.envs.fast_reset`); the same
+    option parses ``configs/assets.yaml`` once per process instead of once per reset
+    (:func:`rllib_kfcpo.envs.fast_reset.load_assets_config`).
 
 The hook is process-local: Ray workers are fresh interpreters, so every env creator calls
 :func:`import_safety_gymnasium` (the creators in :mod:`rllib_kfcpo.envs` do).
@@ -143,6 +145,11 @@ FIXES: tuple[SourceFix, ...] = (
               "model = mujoco.MjModel.from_xml_string(self.xml_string)",
               "model = __import__('rllib_kfcpo.envs.fast_reset', fromlist=['_'])"
               ".compile_world_model(self, self.xml_string)"),
+    # R: the assets config, parsed once per process when the fast reset is on.
+    SourceFix("R", "safety_gymnasium.world",
+              "assets_config = yaml.load(file, Loader=yaml.FullLoader)",
+              "assets_config = __import__('rllib_kfcpo.envs.fast_reset', fromlist=['_'])"
+              ".load_assets_config(self, file)"),
     # G: gymnasium-robotics only for multi-agent tasks.
     SourceFix("G", "safety_gymnasium",
               "from safety_gymnasium.tasks.safe_multi_agent.safe_mujoco_multi import make_ma\n",

@@ -123,6 +123,7 @@ class FastNavigationTask:
 
     _fast_upstream: type = object
     _fast_layout: _Layout | None = None
+    _fast_forwarded: bool = False  # mj_forward ran since the state last changed
 
     # ----------------------------------------------------------------------- layout
     def _fast(self) -> _Layout:
@@ -224,7 +225,9 @@ class FastNavigationTask:
         if not self.observation_flatten or self.observe_vision:
             return self._fast_upstream.obs(self)
         model, data = self.model, self.data
-        mujoco.mj_forward(model, data)  # as upstream: sensors of the current state
+        if not self._fast_forwarded:  # upstream forwards here (sensors of this state)
+            mujoco.mj_forward(model, data)
+        self._fast_forwarded = False  # the step ends here
         layout = self._fast()
         out = np.empty(layout.size, dtype=np.float64)
         sensordata = data.sensordata
@@ -327,7 +330,8 @@ class FastNavigationTask:
     # --------------------------------------------------------------------- cost
     def calculate_cost(self) -> dict:
         """Upstream's ``calculate_cost`` with the per-object loops vectorised."""
-        mujoco.mj_forward(self.model, self.data)  # as upstream
+        if not self._fast_forwarded:  # upstream forwards here (simulation_forward did)
+            mujoco.mj_forward(self.model, self.data)
         if self._is_load_static_geoms and self.static_geoms_contact_cost:
             return self._fast_upstream.calculate_cost(self)
         layout = self._fast()
@@ -406,26 +410,36 @@ class FastNavigationTask:
 
     # ------------------------------------------------------------------ physics step
     def simulation_forward(self, action: np.ndarray) -> bool:
-        """Upstream's ``simulation_forward`` with gremlins moved through cached mocap ids."""
-        if not self._mocaps or set(self._mocaps) != {"gremlins"}:
-            return self._fast_upstream.simulation_forward(self, action)
+        """Upstream's ``simulation_forward`` (gremlins moved through cached mocap ids).
+
+        Marks the state as forwarded: until the step's observation, nothing on the step
+        path changes the state without its own ``mj_forward`` (a new goal is placed by
+        ``build_goal_position``, which forwards), so the ``mj_forward`` calls at the top
+        of ``calculate_cost`` and ``obs`` would recompute the same numbers (MuJoCo's
+        forward is deterministic and idempotent; the exactness test covers it).
+        """
         if self.debug:
             self.agent.debug()
         else:
             noise = (self.action_noise * self.random_generator.randn(self.agent.body_info.nu)
                      if self.action_noise else None)
             self.agent.apply_action(action, noise)
-        gremlins = self._mocaps["gremlins"]
+        gremlins = self._mocaps.get("gremlins") if len(self._mocaps) == 1 else None
         mocaps = self._fast().mocaps
         model, data = self.model, self.data
         steps = self.random_generator.binomial(self.sim_conf.frameskip_binom_n,
                                                self.sim_conf.frameskip_binom_p)
         for _ in range(steps):
-            phase = float(data.time)
-            target = np.array([np.sin(phase), np.cos(phase)]) * gremlins.travel
-            data.mocap_pos[mocaps] = (target[0], target[1], gremlins.size)
+            if gremlins is not None:
+                phase = float(data.time)
+                target = np.array([np.sin(phase), np.cos(phase)]) * gremlins.travel
+                data.mocap_pos[mocaps] = (target[0], target[1], gremlins.size)
+            else:
+                for mocap in self._mocaps.values():
+                    mocap.move()
             mujoco.mj_step(model, data)
         mujoco.mj_forward(model, data)
+        self._fast_forwarded = True
         return False
 
 
