@@ -46,6 +46,9 @@ class SafetyGymnasiumEnv(gym.Wrapper):
     observations, rewards or costs raise :class:`NonFiniteEnvOutputError`.
     """
 
+    #: Every step is checked here, so RLlib's per-step callback need not check it again.
+    checks_steps = True
+
     def __init__(self, env: gym.Env, env_id: str, max_episode_steps: int | None,
                  reuse_compiled_model: bool = False) -> None:
         super().__init__(env)

@@ -169,3 +169,26 @@ def test_fast_step_is_faster():
                 env.step(action)
             timings[name].append(time.perf_counter() - started)
     assert min(timings["fast"]) * 2 < min(timings["slow"]), timings
+
+
+def test_per_step_callback_skips_checks_the_env_already_did():
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from rllib_kfcpo import KFCPOConfig
+    from rllib_kfcpo.envs.toy import KNOWN_COST_ENV
+    from rllib_kfcpo.safe.callbacks import _envs_check_themselves
+
+    def runner(env: str) -> SingleAgentEnvRunner:
+        return SingleAgentEnvRunner(config=KFCPOConfig().environment(env).env_runners(
+            num_env_runners=0, num_envs_per_env_runner=2))
+
+    safety, toy = runner("SafetyPointGoal1-v0"), runner(KNOWN_COST_ENV)
+    try:
+        assert _envs_check_themselves(safety) is True
+        assert _envs_check_themselves(toy) is False  # custom envs: checked every step
+        assert _envs_check_themselves(None) is False
+        episodes = safety.sample(num_timesteps=60)
+        assert sum(len(e) for e in episodes) >= 60
+    finally:
+        safety.stop()
+        toy.stop()
