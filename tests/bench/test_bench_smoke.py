@@ -65,3 +65,18 @@ def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
     assert env_rows["KFCPO"]["seeds"] == 1
     assert 0.0 <= env_rows["PPOLag"]["within_limit"] <= 1.0
     assert list(tmp_path.rglob("learning_curves.png"))
+
+
+def test_scale_out_smoke_prints_rows_and_skips():
+    out = run_script("scale_out.py")
+    rows = re.findall(rf"^\s+1 \| +1 \| +({FLOAT}) \| +({FLOAT}) \|", out, flags=re.MULTILINE)
+    assert rows and float(rows[0][0]) > 0 and float(rows[0][1]) == 1.0, out
+    assert "skipped: " in out and "cores, this machine has" in out, out
+    assert re.search(r"GPU update 16x16(: skipped: CUDA| on cuda)", out), out
+
+
+def test_env_speed_smoke_prints_ratio_rows():
+    out = run_script("env_speed.py")
+    rows = re.findall(rf"^\s*SafetyPointGoal1-v0 \| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})",
+                      out, flags=re.MULTILINE)
+    assert rows and all(float(v) > 0 for v in rows[0]), out
