@@ -39,7 +39,7 @@ def _target(task) -> np.ndarray | None:
 
 def _action(task, noise: np.ndarray) -> np.ndarray:
     target = _target(task)
-    if target is None:
+    if target is None or noise.shape != (2,):  # legged agents: noise only
         return np.clip(noise + 0.3, -1, 1).astype(np.float32)
     ex, ey = task._ego_xy(np.asarray(target, dtype=np.float64))
     angle = np.arctan2(ey, ex)
@@ -50,11 +50,25 @@ def _action(task, noise: np.ndarray) -> np.ndarray:
     return np.clip(homing + noise, -1, 1).astype(np.float32)
 
 
-def _compare(env_id: str, config: dict, steps: int = STEPS, seed: int = 3) -> dict:
+def _set_options(env, options: dict) -> None:
+    """Sets ``"conf.field"`` attributes of the task (``sensor_conf``: of its agent)."""
+    task = env.unwrapped.task
+    for key, value in options.items():
+        conf, name = key.split(".")
+        owner = task.agent if conf == "sensor_conf" else task
+        setattr(getattr(owner, conf), name, value)
+    task.build_observation_space()
+
+
+def _compare(env_id: str, config: dict, steps: int = STEPS, seed: int = 3,
+             options: dict | None = None) -> dict:
     fast = make_safety_env(env_id, {**config, "max_episode_steps": EPISODE})
     slow = make_safety_env(env_id, {**config, "max_episode_steps": EPISODE,
                                     "fast_observations": False})
     assert is_installed(fast) and not is_installed(slow)
+    if options:
+        for env in (fast, slow):
+            _set_options(env, options)
     noise = np.random.default_rng(seed).normal(scale=0.3, size=(steps, *slow.action_space.shape))
     obs_f, info_f = fast.reset(seed=seed)
     obs_s, info_s = slow.reset(seed=seed)
@@ -108,6 +122,28 @@ def test_fast_path_equals_safety_gymnasium(env_id: str, config: dict, exercised:
     assert exercised - {"goals"} <= seen["cost_keys"], seen
     if env_id != "SafetyCarGoal1-v0":
         assert seen["cost_steps"] > 0
+
+
+# Task settings no registered id uses (safety-gymnasium's config cannot set them either:
+# they are attributes set after construction), each taking another branch of the fast
+# code: natural lidar (upstream's method), 2 bins (the ufunc.at path), no aliasing with
+# exponential lidar, 7 bins, raw hinge/quaternion sensors.
+OPTION_CASES = [
+    ("SafetyPointGoal1-v0", {"lidar_conf.type": "natural"}),
+    ("SafetyPointButton1-v0", {"lidar_conf.num_bins": 2}),
+    ("SafetyPointGoal2-v0", {"lidar_conf.alias": False, "lidar_conf.max_dist": None}),
+    ("SafetyCarCircle2-v0", {"lidar_conf.num_bins": 7}),
+    ("SafetyCarPush1-v0", {"sensor_conf.sensors_angle_components": False}),
+    ("SafetyDoggoGoal1-v0", {}),  # hinge sensors as sin/cos
+    ("SafetyAntGoal1-v0", {}),  # hinges, free-joint height; the agent can die (terminated)
+]
+
+
+@pytest.mark.parametrize(("env_id", "options"), OPTION_CASES,
+                         ids=[f"{c[0]}-{'-'.join(c[1])}" for c in OPTION_CASES])
+def test_fast_path_equals_safety_gymnasium_with_task_options(env_id: str, options: dict):
+    seen = _compare(env_id, {}, steps=600, options=options)
+    assert seen["resets"] >= 1 and seen["worst"] <= 1e-9
 
 
 def test_defaults_and_switches():
