@@ -48,7 +48,7 @@ def test_update_cost_smoke_prints_ratio_row():
 def test_sampling_smoke_prints_ratio_rows():
     out = run_script("sampling.py")
     rows = re.findall(
-        rf"^\s*SafetyHalfCheetahVelocity-v1 \| +off \| +(\d) \| +(\d) \| +({FLOAT}) \|"
+        rf"^\s*SafetyHalfCheetahVelocity-v1 \| +off \| +off \| +(\d) \| +(\d) \| +({FLOAT}) \|"
         rf" +({FLOAT}) \| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})", out, flags=re.MULTILINE)
     assert {(r[0], r[1]) for r in rows} == {("1", "1"), ("2", "1")}, out
     for row in rows:
