@@ -3,8 +3,10 @@
 One process steps two copies of each env (``fast_observations`` on and off, both with the
 compiled model reused, i.e. the package defaults otherwise), same seed and the same fixed
 random actions, resets included (1,000-step episodes). The two are timed in alternating
-blocks, ``--repeats`` times, so load from other processes hits both alike; the ratio of the
-best blocks is printed (and the median of the per-repeat ratios):
+blocks, ``--repeats`` times, so load from other processes hits both alike; printed: the
+best block of each (wall clock) and their ratio, the median of the per-repeat ratios, and
+the median steps per CPU second of this process (time the process was descheduled by
+other load does not count, the steadiest figure on a shared machine) and its ratio:
 
     .venv/bin/python bench/env_speed.py                       # Goal1, CarGoal1, Button1
     .venv/bin/python bench/env_speed.py --envs SafetyPointPush1-v0 --steps 3000
@@ -28,14 +30,16 @@ import numpy as np
 DEFAULT_ENVS = "SafetyPointGoal1-v0,SafetyCarGoal1-v0,SafetyPointButton1-v0"
 
 
-def timed_block(env, actions: np.ndarray) -> float:
-    """Steps/s of ``env`` over ``actions`` (resetting at episode ends)."""
-    started = time.perf_counter()
+def timed_block(env, actions: np.ndarray) -> tuple[float, float]:
+    """(steps per wall second, steps per CPU second of this process) of ``env`` over
+    ``actions``, resetting at episode ends."""
+    started, cpu = time.perf_counter(), time.process_time()
     for action in actions:
         _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             env.reset()
-    return len(actions) / (time.perf_counter() - started)
+    return (len(actions) / (time.perf_counter() - started),
+            len(actions) / (time.process_time() - cpu))
 
 
 def compare(env_id: str, steps: int, repeats: int, reuse: bool, baseline_reuse: bool
@@ -53,15 +57,21 @@ def compare(env_id: str, steps: int, repeats: int, reuse: bool, baseline_reuse: 
     shape = envs["fast"].action_space.shape
     actions = np.random.default_rng(0).uniform(-1, 1, size=(steps, *shape)).astype(np.float32)
     rates: dict[str, list[float]] = {name: [] for name in envs}
+    cpu: dict[str, list[float]] = {name: [] for name in envs}
     for _ in range(repeats):
         for name, env in envs.items():
-            rates[name].append(timed_block(env, actions))
+            wall_rate, cpu_rate = timed_block(env, actions)
+            rates[name].append(wall_rate)
+            cpu[name].append(cpu_rate)
     for env in envs.values():
         env.close()
     return {"fast": max(rates["fast"]), "upstream": max(rates["upstream"]),
             "ratio": max(rates["fast"]) / max(rates["upstream"]),
             "median_ratio": statistics.median(
-                f / u for f, u in zip(rates["fast"], rates["upstream"], strict=True))}
+                f / u for f, u in zip(rates["fast"], rates["upstream"], strict=True)),
+            "cpu_fast": statistics.median(cpu["fast"]),
+            "cpu_upstream": statistics.median(cpu["upstream"]),
+            "cpu_ratio": statistics.median(cpu["fast"]) / statistics.median(cpu["upstream"])}
 
 
 def main() -> None:
@@ -85,11 +95,14 @@ def main() -> None:
           f"{steps} steps per block, {repeats} alternating blocks per path; "
           f"reuse_compiled_model fast: {reuse}, upstream: {baseline_reuse}", flush=True)
     print(f"{'env':>24} | {'fast/s':>8} | {'upstream/s':>10} | {'ratio':>5} | "
-          f"{'median ratio':>12}", flush=True)
+          f"{'median ratio':>12} | {'fast/CPU s':>10} | {'upstream/CPU s':>14} | "
+          f"{'CPU ratio':>9}", flush=True)
     for env_id in envs:
         out = compare(env_id, steps, repeats, reuse, baseline_reuse)
         print(f"{env_id:>24} | {out['fast']:8.0f} | {out['upstream']:10.0f} | "
-              f"{out['ratio']:5.2f} | {out['median_ratio']:12.2f}", flush=True)
+              f"{out['ratio']:5.2f} | {out['median_ratio']:12.2f} | "
+              f"{out['cpu_fast']:10.0f} | {out['cpu_upstream']:14.0f} | "
+              f"{out['cpu_ratio']:9.2f}", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at end", flush=True)
 
 

@@ -330,10 +330,20 @@ class FastNavigationTask:
 
     # ------------------------------------------------------------- reward and goal
     def _fast_dist(self, name: str, dims: int) -> np.floating:
+        # Upstream: sqrt(sum(square(a - b))) over 2 or 3 coordinates; numpy sums so few
+        # terms left to right, so this is the same arithmetic, without numpy's overhead.
         xpos = self.data.xpos
         layout = self._fast()
-        diff = xpos[layout.bodies[name][0], :dims] - xpos[layout.agent, :dims]
-        return np.sqrt(np.sum(np.square(diff)))
+        a, b = xpos[layout.bodies[name][0]], xpos[layout.agent]
+        return self._fast_norm(a, b, dims)
+
+    @staticmethod
+    def _fast_norm(a: np.ndarray, b: np.ndarray, dims: int) -> np.floating:
+        dx, dy = a[0] - b[0], a[1] - b[1]
+        if dims == 2:
+            return np.sqrt(dx * dx + dy * dy)
+        dz = a[2] - b[2]
+        return np.sqrt(dx * dx + dy * dy + dz * dz)
 
     def dist_goal(self) -> float:
         """Upstream's ``dist_goal`` (agent to goal, XY) with cached body ids."""
@@ -347,7 +357,7 @@ class FastNavigationTask:
         """Upstream's ``PushLevel0.dist_box_goal`` (box to goal, XYZ) with cached ids."""
         xpos = self.data.xpos
         bodies = self._fast().bodies
-        return np.sqrt(np.sum(np.square(xpos[bodies["push_box"][0]] - xpos[bodies["goal"][0]])))
+        return self._fast_norm(xpos[bodies["push_box"][0]], xpos[bodies["goal"][0]], 3)
 
     def _fast_contacts(self, mask: np.ndarray) -> int:
         """How many contacts touch a geom of ``mask`` and a geom of the agent."""
@@ -397,8 +407,10 @@ class FastNavigationTask:
         diff = xpos[layout.bodies[hazards.name], :2] - xpos[layout.agent, :2]
         dist = np.sqrt(np.sum(np.square(diff), axis=1))
         total = 0
-        for i in np.flatnonzero(dist <= hazards.size):
-            total += hazards.cost * (hazards.size - dist[i])
+        inside = dist <= hazards.size
+        if inside.any():
+            for i in np.flatnonzero(inside):
+                total += hazards.cost * (hazards.size - dist[i])
         return {"cost_hazards": total}
 
     def _fast_contact_cost(self, obstacle: Any, layout: _Layout, kind: str) -> dict:
@@ -468,7 +480,9 @@ class FastNavigationTask:
         model, data = self.model, self.data
         steps = self.random_generator.binomial(self.sim_conf.frameskip_binom_n,
                                                self.sim_conf.frameskip_binom_p)
-        for _ in range(steps):
+        if not self._mocaps and steps > 0:
+            mujoco.mj_step(model, data, nstep=steps)  # the same steps, looped in C
+        for _ in range(steps if self._mocaps else 0):
             if gremlins is not None:
                 phase = float(data.time)
                 target = np.array([np.sin(phase), np.cos(phase)]) * gremlins.travel
