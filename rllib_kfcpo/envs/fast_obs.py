@@ -286,11 +286,15 @@ class FastNavigationTask:
         w0 = xy[:, 0] - agent_pos[0]
         w1 = xy[:, 1] - agent_pos[1]
         w2 = 0.0 - agent_pos[2]
+        ex = w0 * mat[0, 0] + w1 * mat[1, 0] + w2 * mat[2, 0]
+        ey = w0 * mat[0, 1] + w1 * mat[1, 1] + w2 * mat[2, 1]
+        # Upstream: abs() and np.angle() of complex(ex, ey). numpy's complex abs is what
+        # upstream's scalar abs computes (np.hypot is not, bit for bit); np.angle is
+        # arctan2(imag, real).
         z = np.empty(len(xy), dtype=_COMPLEX)
-        z.real = w0 * mat[0, 0] + w1 * mat[1, 0] + w2 * mat[2, 0]
-        z.imag = w0 * mat[0, 1] + w1 * mat[1, 1] + w2 * mat[2, 1]
+        z.real, z.imag = ex, ey
         dist = np.abs(z)
-        angle = np.angle(z) % _TWO_PI
+        angle = np.arctan2(ey, ex) % _TWO_PI
         bin_size = _TWO_PI / nbins
         bins = (angle / bin_size).astype(np.intp)
         if conf.max_dist is None:
