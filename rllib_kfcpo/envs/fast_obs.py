@@ -32,7 +32,9 @@ space (lidar values are in [0, 1] by construction; NaN/inf observations are caug
 
 The fast path is written against safety-gymnasium 1.0.0: :func:`install` refuses any
 other version (see :func:`supported`), and tasks outside :data:`SUPPORTED_TASKS` keep
-upstream's code.
+upstream's code. It lives on the task object: a ``Builder`` rebuilt by pickling
+(``EzPickle`` re-creates it from its constructor arguments) has upstream's task class
+again; :func:`rllib_kfcpo.envs.make_safety_env` is how envs with the fast path are made.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Opt-in fast reset of Safety-Gymnasium navigation tasks: keep the compiled MuJoCo model.
+"""Fast reset of Safety-Gymnasium navigation tasks: keep the compiled MuJoCo model.
 
 Every navigation reset samples a new layout and ``World.build`` compiles a fresh MuJoCo
 model from the generated XML. Almost all of that compile is decoding the six HD skybox
@@ -7,7 +7,8 @@ core, versus about 1 ms for the same XML with a 1x1 skybox. The skybox never cha
 between layouts; only positions, orientations and the quantities the compiler derives
 from them (``qpos0``, weld ``eq_data``, inertial frames, ``stat``, ...) do.
 
-With ``reuse_compiled_model`` on (see :func:`rllib_kfcpo.envs.make_safety_env`), every
+With ``reuse_compiled_model`` on (the default for navigation tasks; see
+:func:`rllib_kfcpo.envs.make_safety_env`), every
 rebuild after the first compiles the SAME generated XML with the skybox swapped for a 1x1
 builtin one, and copies every model array and statistic (all but the texture arrays)
 into the already compiled full model, which is then used exactly as a freshly compiled

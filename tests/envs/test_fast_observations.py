@@ -219,12 +219,18 @@ def test_per_step_callback_skips_checks_the_env_already_did():
             num_env_runners=0, num_envs_per_env_runner=2))
 
     safety, toy = runner("SafetyPointGoal1-v0"), runner(KNOWN_COST_ENV)
+    upstream = SingleAgentEnvRunner(config=KFCPOConfig().environment(
+        "SafetyPointGoal1-v0", env_config={"fast_observations": False}).env_runners(
+            num_env_runners=0, num_envs_per_env_runner=1))
     try:
+        # The switch reaches the envs of RLlib's env runners through the registered id.
+        assert all(is_installed(env) for env in safety.env.unwrapped.envs)
+        assert not any(is_installed(env) for env in upstream.env.unwrapped.envs)
         assert _envs_check_themselves(safety) is True
         assert _envs_check_themselves(toy) is False  # custom envs: checked every step
         assert _envs_check_themselves(None) is False
         episodes = safety.sample(num_timesteps=60)
         assert sum(len(e) for e in episodes) >= 60
     finally:
-        safety.stop()
-        toy.stop()
+        for r in (safety, toy, upstream):
+            r.stop()
