@@ -61,9 +61,9 @@ def _set_options(env, options: dict) -> None:
 
 
 def _compare(env_id: str, config: dict, steps: int = STEPS, seed: int = 3,
-             options: dict | None = None) -> dict:
-    fast = make_safety_env(env_id, {**config, "max_episode_steps": EPISODE})
-    slow = make_safety_env(env_id, {**config, "max_episode_steps": EPISODE,
+             options: dict | None = None, episode: int = EPISODE) -> dict:
+    fast = make_safety_env(env_id, {**config, "max_episode_steps": episode})
+    slow = make_safety_env(env_id, {**config, "max_episode_steps": episode,
                                     "fast_observations": False})
     assert is_installed(fast) and not is_installed(slow)
     if options:
@@ -142,7 +142,7 @@ OPTION_CASES = [
 @pytest.mark.parametrize(("env_id", "options"), OPTION_CASES,
                          ids=[f"{c[0]}-{'-'.join(c[1])}" for c in OPTION_CASES])
 def test_fast_path_equals_safety_gymnasium_with_task_options(env_id: str, options: dict):
-    seen = _compare(env_id, {}, steps=600, options=options)
+    seen = _compare(env_id, {}, steps=400, options=options, episode=200)
     assert seen["resets"] >= 1 and seen["worst"] <= 1e-9
 
 
