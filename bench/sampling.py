@@ -11,6 +11,12 @@ weight sync), and prints both as ratios to ``R x raw``:
     .venv/bin/python bench/sampling.py --layouts 1x1,1x4,2x4 --envs SafetyPointGoal1-v0
     .venv/bin/python bench/sampling.py --smoke               # tiny, for the test suite
     .venv/bin/python bench/sampling.py --rllib-path          # + RLlib's per-step path
+    .venv/bin/python bench/sampling.py --envs SafetyPointGoal1-v0 --layouts 1x8 \
+        --reuse-compiled-model both --fast-observations both  # today vs before, A/B
+
+Navigation envs are measured with the ``reuse_compiled_model`` and ``fast_observations``
+settings chosen (both on, the package defaults, unless told otherwise; ``both`` measures
+each layout with each setting, one right after the other).
 
 ``--rllib-path`` measures each layout a second time, right after, with RLlib's own
 per-step path instead of the package's sampling fixes (connector timers on every call,
@@ -113,6 +119,10 @@ def main() -> None:
     parser.add_argument("--reuse-compiled-model", choices=("off", "on", "both"), default="both",
                         help="navigation envs' fast reset (rllib_kfcpo.envs.fast_reset): "
                              "measure without it, with it, or both (default)")
+    parser.add_argument("--fast-observations", choices=("off", "on", "both"), default="on",
+                        help="navigation envs' vectorised observation/reward/cost code "
+                             "(rllib_kfcpo.envs.fast_obs): without it, with it (default), "
+                             "or both, each layout measured with both right after another")
     parser.add_argument("--rllib-path", action="store_true",
                         help="also measure every layout with RLlib's per-step path (the "
                              "state before the package's sampling fixes), right after")
@@ -127,31 +137,36 @@ def main() -> None:
         tuple(int(x) for x in layout.split("x")) for layout in args.layouts.split(",")]
     print(f"nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start; "
           f"{steps} steps per measurement, {iterations} training iteration(s)", flush=True)
-    print(f"{'env':>30} | {'reuse':>5} | {'R':>2} | {'V':>2} | {'raw/s':>8} | "
+    print(f"{'env':>30} | {'reuse':>5} | {'fast':>4} | {'R':>2} | {'V':>2} | {'raw/s':>8} | "
           f"{'sample/s':>9} | {'ratio':>6} | {'iter/s':>8} | {'ratio':>6}"
           + (f" | {'rllib sample/s':>14} | {'ratio':>6} | {'rllib iter/s':>12} | "
              f"{'ratio':>6}" if args.rllib_path else ""), flush=True)
     reuse_modes = {"off": [False], "on": [True], "both": [False, True]}[
         args.reuse_compiled_model]
+    fast_modes = {"off": [False], "on": [True], "both": [False, True]}[args.fast_observations]
     for env_id in envs:
         # Only navigation tasks rebuild their model on reset; velocity tasks: one row each.
-        modes = reuse_modes if "Velocity" not in env_id else [False]
-        for reuse in modes:
-            env_config = {"reuse_compiled_model": True} if reuse else {}
-            for runners, vec in layouts:
-                raw = raw_rate(env_id, raw_steps, env_config)
-                sampling, whole = sampler_rates(env_id, runners, vec, steps, iterations,
-                                                env_config)
-                row = (f"{env_id:>30} | {'on' if reuse else 'off':>5} | {runners:>2} | "
-                       f"{vec:>2} | {raw:8.0f} | {sampling:9.0f} | "
-                       f"{sampling / (runners * raw):6.2f} | {whole:8.0f} | "
-                       f"{whole / (runners * raw):6.2f}")
-                if args.rllib_path:
-                    old_sampling, old_whole = sampler_rates(
-                        env_id, runners, vec, steps, iterations, env_config, rllib_path=True)
-                    row += (f" | {old_sampling:14.0f} | {old_sampling / (runners * raw):6.2f}"
-                            f" | {old_whole:12.0f} | {old_whole / (runners * raw):6.2f}")
-                print(row, flush=True)
+        velocity = "Velocity" in env_id
+        modes = [(r, f) for r in (reuse_modes if not velocity else [False])
+                 for f in (fast_modes if not velocity else [False])]
+        for (reuse, fast), (runners, vec) in ((m, layout) for layout in layouts
+                                              for m in modes):
+            env_config = ({} if velocity else
+                          {"reuse_compiled_model": reuse, "fast_observations": fast})
+            raw = raw_rate(env_id, raw_steps, env_config)
+            sampling, whole = sampler_rates(env_id, runners, vec, steps, iterations,
+                                            env_config)
+            row = (f"{env_id:>30} | {'on' if reuse else 'off':>5} | "
+                   f"{'on' if fast else 'off':>4} | {runners:>2} | "
+                   f"{vec:>2} | {raw:8.0f} | {sampling:9.0f} | "
+                   f"{sampling / (runners * raw):6.2f} | {whole:8.0f} | "
+                   f"{whole / (runners * raw):6.2f}")
+            if args.rllib_path:
+                old_sampling, old_whole = sampler_rates(
+                    env_id, runners, vec, steps, iterations, env_config, rllib_path=True)
+                row += (f" | {old_sampling:14.0f} | {old_sampling / (runners * raw):6.2f}"
+                        f" | {old_whole:12.0f} | {old_whole / (runners * raw):6.2f}")
+            print(row, flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at end; target: sample/s >= 0.80 x "
           "(R x raw)")
     ray.shutdown()

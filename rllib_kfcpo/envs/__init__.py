@@ -12,15 +12,18 @@ task's time limit, and a check that observations, rewards and costs are finite.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 
 from rllib_kfcpo.env_data import NonFiniteEnvDataError, check_finite_step, read_step_cost
-from rllib_kfcpo.envs import fast_reset
+from rllib_kfcpo.envs import fast_obs, fast_reset
 from rllib_kfcpo.envs.compat import applied_fixes, import_safety_gymnasium
 
 __all__ = [
+    "BOOL_OPTIONS",
     "NonFiniteEnvOutputError",
     "SafetyGymnasiumEnv",
     "applied_fixes",
@@ -42,6 +45,9 @@ class SafetyGymnasiumEnv(gym.Wrapper):
     ``info["cost"]``; episodes are truncated after ``max_episode_steps``; non-finite
     observations, rewards or costs raise :class:`NonFiniteEnvOutputError`.
     """
+
+    #: Every step is checked here, so RLlib's per-step callback need not check it again.
+    checks_steps = True
 
     def __init__(self, env: gym.Env, env_id: str, max_episode_steps: int | None,
                  reuse_compiled_model: bool = False) -> None:
@@ -86,6 +92,23 @@ def safety_task_ids() -> tuple[str, ...]:
     return tuple(sorted(i for i in safe_registry if "Debug" not in i))
 
 
+#: env_config keys of :func:`make_safety_env` that are ours, not the task constructor's.
+BOOL_OPTIONS = ("fast_observations", "reuse_compiled_model")
+
+
+def _bool_option(kwargs: dict[str, Any], key: str) -> bool | None:
+    """Pops ``key`` (True, False, or absent -> None); anything else is one clear error."""
+    value = kwargs.pop(key, None)
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    raise ValueError(f"env_config[{key!r}] must be true or false (a bool), got {value!r} "
+                     f"of type {type(value).__name__}.")
+
+
+def _is_navigation(env: gym.Env) -> bool:
+    return getattr(env.unwrapped, "task", None) is not None
+
+
 def make_safety_env(env_id: str, env_config: dict[str, Any] | None = None) -> gym.Env:
     """Builds one Safety-Gymnasium task (works in any process, Ray workers included).
 
@@ -93,11 +116,22 @@ def make_safety_env(env_id: str, env_config: dict[str, Any] | None = None) -> gy
         env_id: a task id such as ``"SafetyPointGoal1-v0"``.
         env_config: keyword arguments of the task's constructor (e.g. ``render_mode``),
             plus optionally ``max_episode_steps`` to override the task's time limit, and
-            ``reuse_compiled_model`` (default False): navigation tasks keep their compiled
-            MuJoCo model across resets instead of recompiling it (with its 191 MB
-            skybox) for every new layout; layouts, physics and observations are unchanged
-            (see :mod:`rllib_kfcpo.envs.fast_reset`), a reset costs milliseconds instead
-            of ~0.25 s.
+            two switches of the navigation tasks (both on by default; ``false`` gives
+            safety-gymnasium's own code, to compare the two anywhere):
+
+            * ``reuse_compiled_model``: keep the compiled MuJoCo model across resets
+              instead of recompiling it (with its 191 MB skybox) for every new layout;
+              layouts, physics and observations are unchanged (see
+              :mod:`rllib_kfcpo.envs.fast_reset`), a reset costs milliseconds instead
+              of ~0.25 s.
+            * ``fast_observations``: observations, rewards and costs computed by
+              :mod:`rllib_kfcpo.envs.fast_obs` (numpy over objects and lidar bins, ids
+              looked up once): the same numbers, 2-5x faster steps. Explicitly true with
+              a safety-gymnasium other than 1.0.0 is an error; by default it is then
+              off, with a warning.
+
+    Raises:
+        ValueError: an unknown task id, or a switch that is not a bool.
     """
     import_safety_gymnasium()
     if env_id not in safety_task_ids():
@@ -106,10 +140,27 @@ def make_safety_env(env_id: str, env_config: dict[str, Any] | None = None) -> gy
     kwargs = dict(env_config or {})
     spec = gym.spec(env_id)
     max_steps = kwargs.pop("max_episode_steps", spec.max_episode_steps)
-    reuse = bool(kwargs.pop("reuse_compiled_model", False))
+    reuse = _bool_option(kwargs, "reuse_compiled_model")
+    fast = _bool_option(kwargs, "fast_observations")
     creator = gym.envs.registration.load_env_creator(spec.entry_point)
     env = creator(**{**spec.kwargs, **kwargs})
-    return SafetyGymnasiumEnv(env, env_id, max_steps, reuse_compiled_model=reuse)
+    navigation = _is_navigation(env)
+    if fast is not False and navigation:
+        supported, reason = fast_obs.supported()
+        if supported:
+            fast_obs.install(env.unwrapped)
+        elif fast:
+            raise RuntimeError(f"env_config['fast_observations'] is true but {reason}; "
+                               "set it to false.")
+        else:
+            _warn_once(f"{reason}: using safety-gymnasium's own observation code.")
+    return SafetyGymnasiumEnv(env, env_id, max_steps,
+                              reuse_compiled_model=navigation if reuse is None else reuse)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
 
 
 def _creator(env_id: str, env_config: Any) -> gym.Env:

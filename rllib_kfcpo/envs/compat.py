@@ -28,10 +28,12 @@ S   the agents' action space: float32 bounds in a float64 ``Box`` make gymnasium
     compare them with float64's range cast to float32, warning "RuntimeWarning: overflow
     encountered in cast" in every process that builds a task. The bounds are widened to
     float64 after the same float32 rounding, so the space is bit-identical and quiet.
-R   not a compatibility fix but the hook of the opt-in fast reset: ``World.build``
+R   not a compatibility fix but the hooks of the fast reset: ``World.build``
     compiles its model through :func:`rllib_kfcpo.envs.fast_reset.compile_world_model`,
     which is exactly ``MjModel.from_xml_string`` unless the env was made with
-    ``reuse_compiled_model=True`` (see :mod:`rllib_kfcpo.envs.fast_reset`).
+    ``reuse_compiled_model=True`` (see :mod:`rllib_kfcpo.envs.fast_reset`); the same
+    option parses ``configs/assets.yaml`` once per process instead of once per reset
+    (:func:`rllib_kfcpo.envs.fast_reset.load_assets_config`).
 
 The hook is process-local: Ray workers are fresh interpreters, so every env creator calls
 :func:`import_safety_gymnasium` (the creators in :mod:`rllib_kfcpo.envs` do).
@@ -152,6 +154,11 @@ FIXES: tuple[SourceFix, ...] = (
               "model = mujoco.MjModel.from_xml_string(self.xml_string)",
               "model = __import__('rllib_kfcpo.envs.fast_reset', fromlist=['_'])"
               ".compile_world_model(self, self.xml_string)"),
+    # R: the assets config, parsed once per process when the fast reset is on.
+    SourceFix("R", "safety_gymnasium.world",
+              "assets_config = yaml.load(file, Loader=yaml.FullLoader)",
+              "assets_config = __import__('rllib_kfcpo.envs.fast_reset', fromlist=['_'])"
+              ".load_assets_config(self, file)"),
     # G: gymnasium-robotics only for multi-agent tasks.
     SourceFix("G", "safety_gymnasium",
               "from safety_gymnasium.tasks.safe_multi_agent.safe_mujoco_multi import make_ma\n",

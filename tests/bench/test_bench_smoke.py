@@ -48,7 +48,7 @@ def test_update_cost_smoke_prints_ratio_row():
 def test_sampling_smoke_prints_ratio_rows():
     out = run_script("sampling.py")
     rows = re.findall(
-        rf"^\s*SafetyHalfCheetahVelocity-v1 \| +off \| +(\d) \| +(\d) \| +({FLOAT}) \|"
+        rf"^\s*SafetyHalfCheetahVelocity-v1 \| +off \| +off \| +(\d) \| +(\d) \| +({FLOAT}) \|"
         rf" +({FLOAT}) \| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})", out, flags=re.MULTILINE)
     assert {(r[0], r[1]) for r in rows} == {("1", "1"), ("2", "1")}, out
     for row in rows:
@@ -84,3 +84,18 @@ def test_headline_smoke_records_runs_and_skips_them_when_run_again(tmp_path: Pat
     again = run_script("learning.py", *args)
     assert again.count("done, skipped") == 2, again
     assert json.loads(records.read_text()) == rows
+
+
+def test_scale_out_smoke_prints_rows_and_skips():
+    out = run_script("scale_out.py")
+    rows = re.findall(rf"^\s+1 \| +1 \| +({FLOAT}) \| +({FLOAT}) \|", out, flags=re.MULTILINE)
+    assert rows and float(rows[0][0]) > 0 and float(rows[0][1]) == 1.0, out
+    assert "skipped: " in out and "cores, this machine has" in out, out
+    assert re.search(r"GPU update 16x16(: skipped: CUDA| on cuda)", out), out
+
+
+def test_env_speed_smoke_prints_ratio_rows():
+    out = run_script("env_speed.py")
+    rows = re.findall(rf"^\s*SafetyPointGoal1-v0 \| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})",
+                      out, flags=re.MULTILINE)
+    assert rows and all(float(v) > 0 for v in rows[0]), out

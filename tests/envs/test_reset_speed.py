@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from rllib_kfcpo.envs import make_safety_env
-from rllib_kfcpo.envs.fast_reset import _STAT_FIELDS, _arrays, counts
+from rllib_kfcpo.envs.fast_reset import _ASSETS, _STAT_FIELDS, _arrays, counts
 
 EPISODES, STEPS = 3, 25
 
 
 def _pair(env_id: str):
     fast = make_safety_env(env_id, {"reuse_compiled_model": True, "max_episode_steps": STEPS})
-    slow = make_safety_env(env_id, {"max_episode_steps": STEPS})
+    slow = make_safety_env(env_id, {"reuse_compiled_model": False, "max_episode_steps": STEPS})
     return fast, slow
 
 
@@ -57,6 +57,7 @@ def test_same_models_trajectories_and_random_layouts(env_id: str):
             assert out_f[1:4] == out_s[1:4] and out_f[4]["cost"] == out_s[4]["cost"]
     # Every later episode was grafted, not compiled, and got a new random layout.
     assert counts()["grafted"] - grafted_before == EPISODES - 1
+    assert any(str(k).endswith("assets.yaml") for k in _ASSETS)  # parsed once, then copied
     for a, b in zip(layouts, layouts[1:], strict=False):
         assert not np.allclose(a["agent"], b["agent"])
         assert any(not np.allclose(a[k], b[k]) for k in a if k != "agent")
@@ -77,9 +78,10 @@ def test_fast_reset_is_much_faster():
     assert min(timings["fast"]) * 4 < min(timings["slow"]), timings
 
 
-def test_option_is_off_by_default_and_harmless_for_velocity_tasks():
+def test_option_is_on_by_default_and_harmless_for_velocity_tasks():
     env = make_safety_env("SafetyPointGoal1-v0")
-    assert env.reuse_compiled_model is False
+    assert env.reuse_compiled_model is True
+    assert make_safety_env("SafetyHalfCheetahVelocity-v1").reuse_compiled_model is False
     cheetah = make_safety_env("SafetyHalfCheetahVelocity-v1", {"reuse_compiled_model": True})
     cheetah.reset(seed=0)
     cheetah.reset()
