@@ -8,7 +8,6 @@ subclasses :class:`SafeAlgorithmConfig` and adds only its own settings.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import NotProvided
@@ -27,6 +26,31 @@ from rllib_kfcpo.safe.connectors import (
     AddCostsToBatch,
     SampledTimingEnvToModulePipeline,
     SampledTimingModuleToEnvPipeline,
+)
+from rllib_kfcpo.safe.rules import Rule, check_rules, integer, number, one_of
+
+#: The shared settings' rules (rllib_kfcpo.safe.rules), checked before RLlib's own checks.
+SAFE_RULES = (
+    Rule("cost_limit", number(0), "a finite number >= 0 (OmniSafe's benchmarks use 25)"),
+    Rule("cost_gamma", number(0, 1), "in [0, 1]"),
+    Rule("cost_lambda", number(0, 1), "in [0, 1]"),
+    Rule("cost_vf_loss_coeff", number(0), "a finite number >= 0"),
+    Rule("cost_window_episodes", integer(0),
+         "an integer >= 0 (OmniSafe: 100; 0 = the latest iteration's episodes)"),
+    Rule("cost_advantages", one_of(COST_ADVANTAGE_MODES), f"one of {COST_ADVANTAGE_MODES}"),
+    Rule("num_learners", number(0), "a number >= 0", method="learners"),
+    Rule("num_gpus_per_learner", number(0), "a number >= 0", method="learners"),
+    Rule("num_env_runners", number(0), "a number >= 0", method="env_runners"),
+    Rule("num_envs_per_env_runner", number(1), "a number >= 1", method="env_runners"),
+    Rule("connector_timing_interval", integer(1),
+         "an integer >= 1 (1 = time every connector call, RLlib's behaviour)",
+         method="connector_timing", key="interval"),
+    Rule("train_batch_size", integer(1), "a positive integer"),
+    Rule("minibatch_size", integer(1), "a positive integer"),
+    Rule("num_epochs", integer(1), "a positive integer"),
+    Rule("train_batch_size_per_learner", integer(1), "a positive integer"),
+    Rule("rollout_fragment_length", lambda v: v == "auto" or integer(1)(v),
+         "'auto' or a positive integer", method="env_runners"),
 )
 
 
@@ -109,19 +133,17 @@ class SafeAlgorithmConfig(PPOConfig):
                 advantages over the batch (reward advantages are always standardised).
         """
         super().training(**kwargs)
-        if cost_limit is not NotProvided:
-            self.cost_limit = cost_limit
-        if cost_gamma is not NotProvided:
-            self.cost_gamma = cost_gamma
-        if cost_lambda is not NotProvided:
-            self.cost_lambda = cost_lambda
-        if cost_vf_loss_coeff is not NotProvided:
-            self.cost_vf_loss_coeff = cost_vf_loss_coeff
-        if cost_window_episodes is not NotProvided:
-            self.cost_window_episodes = cost_window_episodes
-        if cost_advantages is not NotProvided:
-            self.cost_advantages = cost_advantages
+        self._set_provided(cost_limit=cost_limit, cost_gamma=cost_gamma,
+                           cost_lambda=cost_lambda, cost_vf_loss_coeff=cost_vf_loss_coeff,
+                           cost_window_episodes=cost_window_episodes,
+                           cost_advantages=cost_advantages)
         return self
+
+    def _set_provided(self, **values: Any) -> None:
+        """Sets every given setting that is not ``NotProvided`` (``training()``'s rule)."""
+        for name, value in values.items():
+            if value is not NotProvided:
+                setattr(self, name, value)
 
     def observation_normalization(self, enabled: bool = True) -> SafeAlgorithmConfig:
         """Turns the running mean/std observation filter on env runners on or off."""
@@ -200,59 +222,7 @@ class SafeAlgorithmConfig(PPOConfig):
     def _validate_safe_settings(self) -> None:
         """Cost, batch-size and resource-count settings (one clear error per bad key)."""
         self._refuse_unused_settings()
-        checks = [
-            ("cost_limit", self.cost_limit, lambda v: math.isfinite(v) and v >= 0,
-             "a finite number >= 0 (OmniSafe's benchmarks use 25)"),
-            ("cost_gamma", self.cost_gamma, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-            ("cost_lambda", self.cost_lambda, lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-            ("cost_vf_loss_coeff", self.cost_vf_loss_coeff,
-             lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-        ]
-        for name, value, ok, allowed in checks:
-            if not _is_number(value) or not ok(value):
-                raise ValueError(
-                    f"training({name}={value!r}) is invalid: {name} must be {allowed}."
-                )
-        window = self.cost_window_episodes
-        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-            raise ValueError(
-                f"training(cost_window_episodes={window!r}) is invalid: it must be an "
-                "integer >= 0 (OmniSafe: 100; 0 = the latest iteration's episodes)."
-            )
-        if self.cost_advantages not in COST_ADVANTAGE_MODES:
-            raise ValueError(
-                f"training(cost_advantages={self.cost_advantages!r}) is invalid: it must be "
-                f"one of {COST_ADVANTAGE_MODES}."
-            )
-        counts = [("learners", "num_learners", self.num_learners),
-                  ("env_runners", "num_env_runners", self.num_env_runners),
-                  ("env_runners", "num_envs_per_env_runner", self.num_envs_per_env_runner),
-                  ("learners", "num_gpus_per_learner", self.num_gpus_per_learner)]
-        for method, name, value in counts:
-            minimum = 1 if name == "num_envs_per_env_runner" else 0
-            if not _is_number(value) or not math.isfinite(value) or value < minimum:
-                raise ValueError(
-                    f"{method}({name}={value!r}) is invalid: {name} must be a number "
-                    f">= {minimum}."
-                )
-
-        interval = self.connector_timing_interval
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise ValueError(
-                f"connector_timing(interval={interval!r}) is invalid: it must be an integer "
-                ">= 1 (1 = time every connector call, RLlib's behaviour)."
-            )
-
-        sizes = [("train_batch_size", self.train_batch_size),
-                 ("minibatch_size", self.minibatch_size),
-                 ("num_epochs", self.num_epochs)]
-        sizes.append(("train_batch_size_per_learner", self.train_batch_size_per_learner))
-        for name, value in sizes:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"training({name}={value!r}) is invalid: {name} must be a positive "
-                    "integer."
-                )
+        check_rules(self, SAFE_RULES)
         tbs = self.train_batch_size_per_learner
         if isinstance(tbs, int) and isinstance(self.minibatch_size, int) \
                 and self.minibatch_size > tbs:
@@ -262,17 +232,4 @@ class SafeAlgorithmConfig(PPOConfig):
                 f"{self.train_batch_size} / num_learners {max(self.num_learners, 1)}). Make "
                 f"minibatch_size at most {tbs} or raise train_batch_size."
             )
-        if self.rollout_fragment_length != "auto" and not (
-            isinstance(self.rollout_fragment_length, int)
-            and not isinstance(self.rollout_fragment_length, bool)
-            and self.rollout_fragment_length > 0
-        ):
-            raise ValueError(
-                f"env_runners(rollout_fragment_length={self.rollout_fragment_length!r}) is "
-                "invalid: it must be 'auto' or a positive integer."
-            )
 
-
-def _is_number(value: Any) -> bool:
-    """A real int or float (not a bool, not a string)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

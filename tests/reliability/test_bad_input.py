@@ -346,3 +346,13 @@ def test_used_inherited_settings_are_accepted():
     KFCPOConfig().environment(ACTION_COST_ENV).training(lr=1e-3, grad_clip=5.0).validate()
     PPOLagConfig().environment(ACTION_COST_ENV).training(clip_param=0.1,
                                                         entropy_coeff=0.01).validate()
+
+
+def test_every_kfcpo_setting_has_one_rule_and_booleans_are_not_numbers():
+    from rllib_kfcpo.algorithms.kfcpo.kfcpo import KFCPO_RULES, KFCPO_SETTINGS
+
+    assert sorted(r.name for r in KFCPO_RULES) == sorted(KFCPO_SETTINGS)
+    for name in ("kfac_damping", "trust_region_kl", "target_kl", "kfac_decay"):
+        config = KFCPOConfig().environment(ACTION_COST_ENV).training(**{name: True})
+        with pytest.raises(ValueError, match=rf"training\({name}=True\) is invalid"):
+            config.validate()

@@ -10,14 +10,13 @@ formula, default and the reason behind it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from ray.rllib.algorithms.algorithm_config import NotProvided
 from ray.rllib.utils.annotations import override
 
 from rllib_kfcpo.safe.algorithm import SafeAlgorithm
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
+from rllib_kfcpo.safe.rules import Rule, boolean, check_rules, integer, number, one_of, optional
 
 MARGIN_SCHEDULES = ("sigmoid", "hard")
 STEP_RULES = ("blend", "span")
@@ -62,6 +61,33 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
 }
 
 
+#: KFCPO's settings' rules (rllib_kfcpo.safe.rules); every key of KFCPO_SETTINGS has one.
+_POSITIVE = "a finite number > 0"
+KFCPO_RULES = (
+    Rule("use_kfac", boolean, "True or False"),
+    Rule("critic_minibatch_size", optional(integer(1)), "None or an integer >= 1"),
+    Rule("kfac_damping", number(0, low_open=True), f"{_POSITIVE} (typical 1e-3..1e-1)"),
+    Rule("kfac_damping_relative", boolean, "True or False"),
+    Rule("kfac_decay", number(0, 1, low_open=True, high_open=True), "in (0, 1)"),
+    Rule("kfac_burn_in", integer(0), "an integer >= 0"),
+    Rule("kfac_inv_update_steps", integer(1), "an integer >= 1"),
+    Rule("trust_region_kl", number(0, low_open=True), _POSITIVE),
+    Rule("adaptive_trust_region", boolean, "True or False"),
+    Rule("step_metric", one_of(STEP_METRICS), f"one of {STEP_METRICS}"),
+    Rule("step_rule", one_of(STEP_RULES), f"one of {STEP_RULES}"),
+    Rule("max_step_size", number(0, low_open=True), _POSITIVE),
+    Rule("margin_schedule", one_of(MARGIN_SCHEDULES), f"one of {MARGIN_SCHEDULES}"),
+    Rule("margin_temperature", number(0, low_open=True), _POSITIVE),
+    Rule("margin_offset", number(), "a finite number"),
+    Rule("margin_cost_ema", number(0, 1, low_open=True), "in (0, 1]"),
+    Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
+    Rule("normalize_directions", boolean, "True or False"),
+    Rule("kl_rollback", boolean, "True or False"),
+    Rule("rollback_backtracks", integer(0, 20), "an integer in [0, 20]"),
+    Rule("target_kl", number(0, low_open=True), _POSITIVE),
+)
+
+
 class KFCPOConfig(SafeAlgorithmConfig):
     """Config of :class:`KFCPO`. ``training()`` takes every key of ``KFCPO_SETTINGS``.
 
@@ -87,10 +113,8 @@ class KFCPOConfig(SafeAlgorithmConfig):
     @override(SafeAlgorithmConfig)
     def training(self, **kwargs: Any) -> KFCPOConfig:
         """Sets KFCPO settings (see ``KFCPO_SETTINGS``), then the shared/PPO ones."""
-        for name in KFCPO_SETTINGS:
-            value = kwargs.pop(name, NotProvided)
-            if value is not NotProvided:
-                setattr(self, name, value)
+        self._set_provided(**{name: kwargs.pop(name) for name in KFCPO_SETTINGS
+                              if name in kwargs})
         super().training(**kwargs)
         return self
 
@@ -103,51 +127,7 @@ class KFCPOConfig(SafeAlgorithmConfig):
     @override(SafeAlgorithmConfig)
     def validate(self) -> None:
         super().validate()
-
-        def positive(v: Any) -> bool:
-            return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
-
-        rules = [
-            ("kfac_damping", positive, "a finite number > 0 (typical 1e-3..1e-1)"),
-            ("kfac_decay", lambda v: isinstance(v, (int, float)) and 0 < v < 1, "in (0, 1)"),
-            ("kfac_burn_in", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-            ("kfac_inv_update_steps", lambda v: isinstance(v, int) and not isinstance(v, bool)
-             and v >= 1, "an integer >= 1"),
-            ("trust_region_kl", positive, "a finite number > 0"),
-            ("max_step_size", positive, "a finite number > 0"),
-            ("margin_temperature", positive, "a finite number > 0"),
-            ("margin_offset", lambda v: isinstance(v, (int, float)) and math.isfinite(v),
-             "a finite number"),
-            ("target_kl", positive, "a finite number > 0"),
-            ("margin_cost_ema", lambda v: isinstance(v, (int, float))
-             and not isinstance(v, bool) and 0 < v <= 1, "in (0, 1]"),
-            ("margin_schedule", lambda v: v in MARGIN_SCHEDULES, f"one of {MARGIN_SCHEDULES}"),
-            ("step_rule", lambda v: v in STEP_RULES, f"one of {STEP_RULES}"),
-            ("step_metric", lambda v: v in STEP_METRICS, f"one of {STEP_METRICS}"),
-            ("critic_minibatch_size", lambda v: v is None or (
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-             "None or an integer >= 1"),
-            ("adaptive_trust_region", lambda v: isinstance(v, bool), "True or False"),
-            ("projection", lambda v: v in PROJECTIONS, f"one of {PROJECTIONS}"),
-            ("use_kfac", lambda v: isinstance(v, bool), "True or False"),
-            ("kfac_damping_relative", lambda v: isinstance(v, bool), "True or False"),
-            ("normalize_directions", lambda v: isinstance(v, bool), "True or False"),
-            ("kl_rollback", lambda v: isinstance(v, bool), "True or False"),
-            ("rollback_backtracks", lambda v: isinstance(v, int) and not isinstance(v, bool)
-             and 0 <= v <= 20, "an integer in [0, 20]"),
-        ]
-        for name, ok, allowed in rules:
-            value = getattr(self, name)
-            if not ok(value):
-                raise ValueError(
-                    f"training({name}={value!r}) is invalid: {name} must be {allowed}."
-                )
-        mbs, tbs = self.minibatch_size, self.train_batch_size_per_learner
-        if isinstance(mbs, int) and isinstance(tbs, int) and mbs > tbs:
-            raise ValueError(
-                f"minibatch_size={mbs} is larger than train_batch_size_per_learner={tbs}: "
-                "make the minibatch at most the per-learner batch."
-            )
+        check_rules(self, KFCPO_RULES)
 
 
 class KFCPO(SafeAlgorithm):

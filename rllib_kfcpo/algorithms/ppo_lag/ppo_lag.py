@@ -15,6 +15,15 @@ from ray.rllib.utils.annotations import override
 
 from rllib_kfcpo.safe.algorithm import SafeAlgorithm
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
+from rllib_kfcpo.safe.rules import Rule, check_rules, number
+
+#: PPO-Lagrangian's settings' rules (rllib_kfcpo.safe.rules).
+PPOLAG_RULES = (
+    Rule("lagrangian_multiplier_init", number(0), "a finite number >= 0"),
+    Rule("lagrangian_multiplier_lr", number(0, low_open=True), "a finite number > 0"),
+    Rule("lagrangian_upper_bound", number(0, low_open=True, finite=False),
+         "a number > 0 (math.inf for no bound)"),
+)
 
 
 class PPOLagConfig(SafeAlgorithmConfig):
@@ -44,12 +53,9 @@ class PPOLagConfig(SafeAlgorithmConfig):
             lagrangian_upper_bound: lambda is clamped to [0, upper bound].
         """
         super().training(**kwargs)
-        if lagrangian_multiplier_init is not NotProvided:
-            self.lagrangian_multiplier_init = lagrangian_multiplier_init
-        if lagrangian_multiplier_lr is not NotProvided:
-            self.lagrangian_multiplier_lr = lagrangian_multiplier_lr
-        if lagrangian_upper_bound is not NotProvided:
-            self.lagrangian_upper_bound = lagrangian_upper_bound
+        self._set_provided(lagrangian_multiplier_init=lagrangian_multiplier_init,
+                           lagrangian_multiplier_lr=lagrangian_multiplier_lr,
+                           lagrangian_upper_bound=lagrangian_upper_bound)
         return self
 
     @override(SafeAlgorithmConfig)
@@ -61,20 +67,7 @@ class PPOLagConfig(SafeAlgorithmConfig):
     @override(SafeAlgorithmConfig)
     def validate(self) -> None:
         super().validate()
-        rules = [
-            ("lagrangian_multiplier_init", lambda v: math.isfinite(v) and v >= 0,
-             "a finite number >= 0"),
-            ("lagrangian_multiplier_lr", lambda v: math.isfinite(v) and v > 0,
-             "a finite number > 0"),
-            ("lagrangian_upper_bound", lambda v: not math.isnan(v) and v > 0,
-             "a number > 0 (math.inf for no bound)"),
-        ]
-        for name, ok, allowed in rules:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-                raise ValueError(
-                    f"training({name}={value!r}) is invalid: it must be {allowed}."
-                )
+        check_rules(self, PPOLAG_RULES)
         if self.lagrangian_multiplier_init > self.lagrangian_upper_bound:
             raise ValueError(
                 f"training(lagrangian_multiplier_init={self.lagrangian_multiplier_init!r}) "
