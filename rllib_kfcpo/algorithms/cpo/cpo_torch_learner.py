@@ -170,7 +170,7 @@ class CPOTorchLearner(SafeTorchLearner):
         theta_old = flat([t.detach() for t in params]).clone()
         old_dist = dist_cls.from_logits(old_inputs)
         fraction, accepted = 1.0, 0
-        after = torch.full((3,), math.nan)
+        after = torch.full((3,), math.nan, device=before.device)
         with torch.no_grad():
             for k in range(cfg.line_search_steps):
                 _set_flat_(params, theta_old + fraction * direction)
@@ -179,7 +179,7 @@ class CPOTorchLearner(SafeTorchLearner):
                 after = torch.stack([new_reward, new_cost, new_kl])
                 all_reduce_mean_([after])
                 improvement, cost_change, kl_value = (float(v) for v in after - torch.cat(
-                    [before, torch.zeros(1, dtype=before.dtype)]))
+                    [before, torch.zeros(1, dtype=before.dtype, device=before.device)]))
                 ok = (all(math.isfinite(v) for v in (improvement, cost_change, kl_value))
                       and not (step.case > CASE_FEASIBLE_RECOVERY and improvement < 0)
                       and cost_change <= max(-c, 0.0)
@@ -214,7 +214,7 @@ class CPOTorchLearner(SafeTorchLearner):
         learner runs the same number of minibatches (the smallest count of any learner)."""
         n = len(batch[Columns.OBS])
         size = min(cfg.minibatch_size, n)
-        count = torch.tensor([float(math.ceil(n / size))])
+        count = torch.tensor([float(math.ceil(n / size))], device=batch[Columns.OBS].device)
         if is_distributed():
             torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
         keys = [k for k in (Columns.OBS, Postprocessing.VALUE_TARGETS, COST_VALUE_TARGETS,
@@ -222,9 +222,9 @@ class CPOTorchLearner(SafeTorchLearner):
         optimizer = self.get_optimizer(module_id, CRITIC_OPTIMIZER)
         params = module.critic_parameters()
         vf_total, cvf_total, steps = 0.0, 0.0, 0
-        loss = torch.zeros(())
+        loss = torch.zeros((), device=batch[Columns.OBS].device)
         for _ in range(cfg.num_epochs):
-            order = torch.randperm(n)
+            order = torch.randperm(n, device=batch[Columns.OBS].device)
             for i in range(int(count)):
                 idx = order[i * size:(i + 1) * size]
                 mb = {k: batch[k][idx] for k in keys}
