@@ -28,6 +28,7 @@ from rllib_kfcpo.algorithms.cpo.second_order import (
     conjugate_gradient,
     cpo_step,
     flat,
+    step_acceptable,
 )
 
 optimize = pytest.importorskip("scipy.optimize")
@@ -245,3 +246,20 @@ def test_zero_cost_gradient_with_slack_is_trpo():
     step = cpo_step(q=2.0, r=0.0, s=0.0, c=-1.0, target_kl=0.01, cost_grad_sq=0.0)
     assert step.case == CASE_NO_COST_GRADIENT
     assert step.coeff_x == pytest.approx(math.sqrt(2 * 0.01 / 2.0)) and step.coeff_p == 0.0
+
+
+@pytest.mark.parametrize(("case", "improvement", "cost_change", "kl", "c", "kept"), [
+    (CASE_INACTIVE, 0.1, 0.0, 0.009, -0.2, True),
+    (CASE_INACTIVE, 0.1, 0.0, 0.011, -0.2, False),  # real KL above the target
+    (CASE_INACTIVE, -1e-6, 0.0, 0.005, -0.2, False),  # feasible: reward must not fall
+    (CASE_FEASIBLE_RECOVERY, -1.0, -0.1, 0.005, 0.3, True),  # recovery: reward may fall
+    (CASE_INFEASIBLE, -1.0, -0.1, 0.005, 0.3, True),
+    (CASE_INFEASIBLE, 0.1, 1e-6, 0.005, 0.3, False),  # infeasible: cost must not rise
+    (CASE_CONSTRAINED, 0.1, 0.19, 0.005, -0.2, True),  # cost may use the slack -c ...
+    (CASE_CONSTRAINED, 0.1, 0.21, 0.005, -0.2, False),  # ... but no more
+    (CASE_CONSTRAINED, math.nan, 0.0, 0.005, -0.2, False),
+    (CASE_NO_COST_GRADIENT, 0.1, 0.0, math.inf, -0.2, False),
+])
+def test_line_search_acceptance(case, improvement, cost_change, kl, c, kept):
+    assert step_acceptable(case=case, reward_improvement=improvement,
+                           cost_change=cost_change, kl=kl, c=c, target_kl=0.01) is kept

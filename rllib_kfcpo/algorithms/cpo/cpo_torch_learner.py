@@ -39,12 +39,12 @@ from torch import nn
 from rllib_kfcpo.algorithms.cpo import metrics as M
 from rllib_kfcpo.algorithms.cpo.cpo import EPISODE_LEN_FOR_LEARNER
 from rllib_kfcpo.algorithms.cpo.second_order import (
-    CASE_FEASIBLE_RECOVERY,
     FisherVectorProduct,
     conjugate_gradient,
     cpo_step,
     flat,
     flat_grad,
+    step_acceptable,
     unflatten_like,
 )
 from rllib_kfcpo.distributed import all_reduce_mean_, is_distributed
@@ -180,11 +180,9 @@ class CPOTorchLearner(SafeTorchLearner):
                 all_reduce_mean_([after])
                 improvement, cost_change, kl_value = (float(v) for v in after - torch.cat(
                     [before, torch.zeros(1, dtype=before.dtype, device=before.device)]))
-                ok = (all(math.isfinite(v) for v in (improvement, cost_change, kl_value))
-                      and not (step.case > CASE_FEASIBLE_RECOVERY and improvement < 0)
-                      and cost_change <= max(-c, 0.0)
-                      and kl_value <= cfg.target_kl)
-                if ok:
+                if step_acceptable(case=step.case, reward_improvement=improvement,
+                                   cost_change=cost_change, kl=kl_value, c=c,
+                                   target_kl=cfg.target_kl):
                     accepted = k + 1
                     break
                 fraction *= cfg.line_search_decay

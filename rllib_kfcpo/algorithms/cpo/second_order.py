@@ -187,3 +187,19 @@ def cpo_step(q: float, r: float, s: float, c: float, target_kl: float,
     lam = lam_a if f_a(lam_a) >= f_b(lam_b) else lam_b
     nu = max(0.0, lam * c + r) / s
     return CPOStep(1.0 / lam, -nu / lam, case, lam, nu, A, B)
+
+
+def step_acceptable(*, case: int, reward_improvement: float, cost_change: float,
+                    kl: float, c: float, target_kl: float) -> bool:
+    """The line search's test of one try (real values after the step, all learners').
+
+    Kept when every value is finite, the real mean KL is at most ``target_kl``, the cost
+    surrogate rose by at most ``max(0, -c)`` (the slack left by the limit), and, when the
+    old policy was feasible (cases 2-4), the reward surrogate did not fall.
+    """
+    values = (reward_improvement, cost_change, kl)
+    if not all(math.isfinite(v) for v in values):
+        return False
+    if case > CASE_FEASIBLE_RECOVERY and reward_improvement < 0:
+        return False
+    return cost_change <= max(-c, 0.0) and kl <= target_kl
