@@ -7,6 +7,7 @@ curves (PNG, one per env):
 
     .venv/bin/python bench/learning.py --reuse-compiled-model  # 3 seeds x 2 envs x 300k
     .venv/bin/python bench/learning.py --ablations --envs SafetyPointGoal1-v0
+    .venv/bin/python bench/learning.py --algos PPOLag,PPOPIDLag,CPO,KFCPO  # every baseline
     .venv/bin/python bench/learning.py --full               # OmniSafe protocol, a cluster
     .venv/bin/python bench/learning.py --headline --reuse-compiled-model  # resumable, hours
     .venv/bin/python bench/learning.py --smoke              # seconds, for the test suite
@@ -41,6 +42,8 @@ HEADLINE_ENVS = {
 HEADLINE_SEEDS = (0, 5, 10)
 #: The algorithms the headline compares, in this order, when the package has them.
 HEADLINE_ALGOS = ("KFCPO", "PPOLag", "PPOPIDLag", "CPO")
+#: The algorithms of the plain comparison when no ``--algos`` is given.
+DEFAULT_ALGOS = ("PPOLag", "KFCPO")
 HEADLINE_FILE = Path(__file__).resolve().parent / "measured" / "headline.json"
 #: Env runners' sampling timeout. RLlib's 60 s default is too short on an oversubscribed
 #: machine (3 seeds in parallel on 2 cores): a timed-out round returns no samples and the
@@ -59,13 +62,19 @@ ABLATIONS = {
 
 
 def variants(ablations: bool, extra: list[str] = (),
-             only: list[str] | None = None) -> dict[str, tuple[str, dict]]:
+             only: list[str] | None = None,
+             algos: tuple[str, ...] = DEFAULT_ALGOS) -> dict[str, tuple[str, dict]]:
     """Variant name -> (algorithm, config overrides).
 
-    ``extra`` entries are ``NAME=JSON`` KFCPO variants (``'KFCPO-t03={"margin_temperature":
-    0.3}'``); ``only`` keeps the named variants, run in that order (all when None).
+    ``algos`` run with their defaults, under their own names; ``extra`` entries are
+    ``NAME=JSON`` KFCPO variants (``'KFCPO-t03={"margin_temperature": 0.3}'``); ``only``
+    keeps the named variants, run in that order (all when None).
     """
-    out = {"PPOLag": ("PPOLag", {}), "KFCPO": ("KFCPO", {})}
+    unknown = sorted(set(algos) - set(HEADLINE_ALGOS))
+    if unknown:
+        raise SystemExit(f"--algos names unknown algorithms {unknown}; known: "
+                         f"{list(HEADLINE_ALGOS)}")
+    out = {algo: (algo, {}) for algo in algos}
     if ablations:
         out.update({name: ("KFCPO", cfg) for name, cfg in ABLATIONS.items()})
     for entry in extra:
@@ -231,11 +240,13 @@ def run_headline(args: argparse.Namespace, base_config: dict, records_path: Path
 
 #: Per-algorithm update layout of every comparison here (the same batch, network and env
 #: runners for all): KFCPO takes a natural-gradient step per 2,000-step minibatch, the
-#: first-order methods SGD on 1,024-step minibatches, CPO one step per batch.
+#: first-order methods SGD on 1,024-step minibatches, CPO one step per batch (its
+#: minibatches are the critics': OmniSafe's 10 epochs of 128).
 ALGO_SETTINGS = {
     "KFCPO": {"minibatch_size": 2000, "num_epochs": 10},
     "PPOLag": {"minibatch_size": 1024, "num_epochs": 10},
     "PPOPIDLag": {"minibatch_size": 1024, "num_epochs": 10},
+    "CPO": {"minibatch_size": 128, "num_epochs": 10},
 }
 
 
@@ -266,7 +277,8 @@ def main() -> None:
                              " HalfCheetahVelocity at 2M steps, seeds 0,5,10, every algorithm;"
                              " records in bench/measured/headline.json")
     parser.add_argument("--algos", default=None,
-                        help="--headline: comma-separated algorithms (default: all there are)")
+                        help="comma-separated algorithms to compare, of "
+                             f"{list(HEADLINE_ALGOS)} (default: PPOLag,KFCPO; --headline: all)")
     parser.add_argument("--records", default=str(HEADLINE_FILE),
                         help="--headline: the JSON file of finished runs")
     parser.add_argument("--smoke", action="store_true")
@@ -309,7 +321,9 @@ def main() -> None:
     for env in envs:
         env_dir = out / env.replace("/", "_")
         only = args.only.split(",") if args.only else None
-        for name, (algo, extra) in variants(args.ablations, args.variant, only).items():
+        chosen = tuple(args.algos.split(",")) if args.algos else DEFAULT_ALGOS
+        for name, (algo, extra) in variants(args.ablations, args.variant, only,
+                                            chosen).items():
             config = {"cost_limit": 25.0, "train_batch_size": batch, "num_env_runners": runners,
                       "sample_timeout_s": SAMPLE_TIMEOUT_S,
                       "num_envs_per_env_runner": args.envs_per_runner, **extra}

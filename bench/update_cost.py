@@ -1,4 +1,5 @@
-"""Update cost of K-FAC: one KFCPO learner update vs one PPO-Lagrangian (Adam) update.
+"""Update cost of K-FAC: one KFCPO learner update vs one PPO-Lagrangian (Adam) update,
+and CPO's (conjugate gradient on exact Fisher-vector products) next to them.
 
 Same batch, same network, same minibatching, measured side by side in one run (the two
 learners' repeats are interleaved, so load from other processes hits both alike):
@@ -22,7 +23,10 @@ The KFCPO breakdown is measured in the same run by timing its phases:
 - ``eigh``: eigendecomposition of every factor (every minibatch);
 - ``precond``: ``F^-1 g`` for the reward and the cost gradient, with their Fisher Gram;
 
-``K-FAC share`` is the sum of the last three over the update's wall time. Torch runs
+``K-FAC share`` is the sum of the last three over the update's wall time. CPO takes one
+policy step from the whole batch (two 15-iteration CG solves on exact Fisher-vector
+products, the closed-form step, a line search) and then trains its critics on the same
+minibatches for the same epochs; ``CG share`` is the CG solves' part of its update. Torch runs
 with ``--threads`` intra-op threads (default 1: on a shared 2-core machine more threads
 than free cores makes every matmul wait for the others and the timings meaningless).
 """
@@ -41,11 +45,13 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
-from rllib_kfcpo import KFCPOConfig, PPOLagConfig
+from rllib_kfcpo import CPOConfig, KFCPOConfig, PPOLagConfig
+from rllib_kfcpo.algorithms.cpo import metrics as cpo_metrics
+from rllib_kfcpo.algorithms.cpo.cpo_torch_learner import CPOTorchLearner
 
 PHASES = ("grads", "factors", "eigh", "precond")
 KFAC_PHASES = PHASES[1:]
-TIMESTEPS = {"safe_episode_cost_mean": 20.0}
+TIMESTEPS = {"safe_episode_cost_mean": 20.0, "safe_episode_len_mean": 1000.0}
 
 
 def episodes(obs_dim: int, act_dim: int, n_episodes: int, length: int,
@@ -100,19 +106,33 @@ class PhaseTimer:
                 "precond": s["precondition"]}
 
 
+def update_kwargs(learner: Any, minibatch: int, epochs: int) -> dict[str, Any]:
+    """``Learner.update`` arguments as each algorithm's training step passes them (CPO:
+    the whole batch in one call; its critics use the config's epochs and minibatches)."""
+    if isinstance(learner, CPOTorchLearner):
+        return {"num_epochs": 1}
+    return {"num_epochs": epochs, "minibatch_size": minibatch}
+
+
 def build(config: Any, eps: list, spaces: dict, minibatch: int) -> Any:
     """A local learner of ``config``, warmed up with one single-epoch update."""
     learner = config.build_learner(spaces=spaces)
-    learner.update(episodes=eps, timesteps=TIMESTEPS, num_epochs=1, minibatch_size=minibatch)
+    learner.update(episodes=eps, timesteps=TIMESTEPS, **update_kwargs(learner, minibatch, 1))
     return learner
 
 
 def timed_update(learner: Any, eps: list, minibatch: int, epochs: int) -> float:
     """Wall seconds of one ``learner.update`` of ``epochs`` passes."""
+    return timed_update_with_results(learner, eps, minibatch, epochs)[0]
+
+
+def timed_update_with_results(learner: Any, eps: list, minibatch: int,
+                              epochs: int) -> tuple[float, dict[str, Any]]:
+    """Wall seconds and the results of one ``learner.update``."""
     started = time.perf_counter()
-    learner.update(episodes=eps, timesteps=TIMESTEPS, num_epochs=epochs,
-                   minibatch_size=minibatch)
-    return time.perf_counter() - started
+    results = learner.update(episodes=eps, timesteps=TIMESTEPS,
+                             **update_kwargs(learner, minibatch, epochs))
+    return time.perf_counter() - started, results
 
 
 def compare(hidden: list[int], eps: list, spaces: dict, n_steps: int, minibatch: int,
@@ -125,8 +145,10 @@ def compare(hidden: list[int], eps: list, spaces: dict, n_steps: int, minibatch:
     kfcpo = build(KFCPOConfig().training(target_kl=1e9, kfac_inv_update_steps=inv_steps,
                                          **common)
                   .rl_module(model_config=model), eps, spaces, minibatch)
+    cpo = build(CPOConfig().training(**common).rl_module(model_config=model),
+                eps, spaces, minibatch)
     timer = PhaseTimer(kfcpo)
-    t_ppo, t_kf, shares = [], [], {p: [] for p in PHASES}
+    t_ppo, t_kf, t_cpo, cg, shares = [], [], [], [], {p: [] for p in PHASES}
     for _ in range(repeats):
         t_ppo.append(timed_update(ppo, eps, minibatch, epochs))
         before = timer.snapshot()
@@ -135,8 +157,14 @@ def compare(hidden: list[int], eps: list, spaces: dict, n_steps: int, minibatch:
         t_kf.append(elapsed)
         for phase in PHASES:
             shares[phase].append((after[phase] - before[phase]) / elapsed)
+        elapsed, results = timed_update_with_results(cpo, eps, minibatch, epochs)
+        t_cpo.append(elapsed)
+        cg.append(float(results["default_policy"][cpo_metrics.CG_SECONDS].peek()) / elapsed)
     out = {"ppo": statistics.median(t_ppo), "kfcpo": statistics.median(t_kf),
-           "ratio": statistics.median(k / p for k, p in zip(t_kf, t_ppo, strict=True))}
+           "ratio": statistics.median(k / p for k, p in zip(t_kf, t_ppo, strict=True)),
+           "cpo": statistics.median(t_cpo),
+           "cpo_ratio": statistics.median(c / p for c, p in zip(t_cpo, t_ppo, strict=True)),
+           "cg": statistics.median(cg)}
     out.update({p: statistics.median(v) for p, v in shares.items()})
     out["kfac"] = sum(out[p] for p in KFAC_PHASES)
     return out
@@ -167,7 +195,7 @@ def main() -> None:
           "interleaved repeats", flush=True)
     print(f"{'network':>10} | {'PPOLag s':>9} | {'KFCPO s':>9} | {'KFCPO/PPOLag':>12} | "
           f"{'K-FAC share':>11} | {'grads':>6} | {'factors':>7} | {'eigh':>6} | "
-          f"{'precond':>7}")
+          f"{'precond':>7} | {'CPO s':>7} | {'CPO/PPOLag':>10} | {'CG share':>8}")
     default_inv = KFCPOConfig().kfac_inv_update_steps
     inv_values = ([int(v) for v in args.inv_steps.split(",")] if args.inv_steps
                   else [default_inv])
@@ -177,7 +205,8 @@ def main() -> None:
                                              else f" inv{inv_steps}")
         print(f"{name:>10} | {r['ppo']:9.3f} | {r['kfcpo']:9.3f} | "
               f"{r['ratio']:12.2f} | {r['kfac']:11.1%} | {r['grads']:6.1%} | "
-              f"{r['factors']:7.1%} | {r['eigh']:6.1%} | {r['precond']:7.1%}", flush=True)
+              f"{r['factors']:7.1%} | {r['eigh']:6.1%} | {r['precond']:7.1%} | "
+              f"{r['cpo']:7.3f} | {r['cpo_ratio']:10.2f} | {r['cg']:8.1%}", flush=True)
     print("target: KFCPO/PPOLag <= 1.15")
 
 

@@ -2,11 +2,13 @@
 
 Importing the package registers every Safety-Gymnasium task id (e.g.
 ``SafetyPointGoal1-v0``) and the toy cost envs with Ray Tune, and the algorithms
-``KFCPO`` and ``PPOLag`` as Tune trainables.
+``KFCPO``, ``PPOLag``, ``PPOPIDLag`` and ``CPO`` as Tune trainables.
 """
 
+from rllib_kfcpo.algorithms.cpo import CPO, CPOConfig
 from rllib_kfcpo.algorithms.kfcpo import KFCPO, KFCPOConfig
 from rllib_kfcpo.algorithms.ppo_lag import PPOLag, PPOLagConfig
+from rllib_kfcpo.algorithms.ppo_pid_lag import PPOPIDLag, PPOPIDLagConfig
 
 __version__ = "0.1.0"
 
@@ -20,10 +22,13 @@ def register() -> None:
 
     register_trainable("KFCPO", KFCPO)
     register_trainable("PPOLag", PPOLag)
+    register_trainable("PPOPIDLag", PPOPIDLag)
+    register_trainable("CPO", CPO)
     register_toy_envs()
     register_safety_envs()
 
 
 register()
 
-__all__ = ["KFCPO", "KFCPOConfig", "PPOLag", "PPOLagConfig", "register"]
+__all__ = ["CPO", "CPOConfig", "KFCPO", "KFCPOConfig", "PPOLag", "PPOLagConfig", "PPOPIDLag",
+           "PPOPIDLagConfig", "register"]

@@ -60,9 +60,10 @@ class ExperimentError(ValueError):
 
 def algorithms() -> dict[str, Any]:
     """Algorithm name -> config class, for every algorithm the CLI can run."""
-    from rllib_kfcpo import KFCPOConfig, PPOLagConfig
+    from rllib_kfcpo import CPOConfig, KFCPOConfig, PPOLagConfig, PPOPIDLagConfig
 
-    return {"KFCPO": KFCPOConfig, "PPOLag": PPOLagConfig}
+    return {"KFCPO": KFCPOConfig, "PPOLag": PPOLagConfig, "PPOPIDLag": PPOPIDLagConfig,
+            "CPO": CPOConfig}
 
 
 @dataclass

@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", nargs="*", help="`file <yaml>` to read a tuned example")
-    parser.add_argument("--algo", "--run", dest="algo", help="KFCPO or PPOLag")
+    parser.add_argument("--algo", "--run", dest="algo", help="KFCPO, PPOLag, PPOPIDLag or CPO")
     parser.add_argument("--env", help="env id, e.g. SafetyPointGoal1-v0")
     parser.add_argument("--config", default="{}", help="JSON config overrides")
     parser.add_argument("--stop", default=None, help="JSON stop criteria (override the file's)")
@@ -194,7 +194,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from rllib_kfcpo.cli.search import leaderboard, rank_trials, run_search
+    from rllib_kfcpo.cli.search import (
+        default_search_space,
+        leaderboard,
+        rank_trials,
+        run_search,
+    )
 
     experiments = _experiments(args)
     if len(experiments) != 1:
@@ -208,7 +213,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                       max_concurrent_trials=args.max_concurrent, resume=args.resume,
                       scheduler=args.scheduler, grace_period=args.grace_period,
                       reduction_factor=args.reduction_factor)
-    searched = list(search) if search is not None else None
+    searched = list(search if search is not None else default_search_space(exp.run))
     ranked = rank_trials(grid, searched)
     print("== ranking (feasible trials first, by return; infeasible last, by violation):")
     print(leaderboard(ranked))

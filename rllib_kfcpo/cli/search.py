@@ -58,6 +58,22 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "kfac_damping": {"loguniform": [1e-3, 1e-1]},
     "trust_region_kl": {"loguniform": [5e-4, 5e-3]},
 }
+#: Algorithm -> what is searched when no ``--search`` is given (each one's own settings).
+DEFAULT_SEARCH_SPACES: dict[str, dict[str, Any]] = {
+    "KFCPO": DEFAULT_SEARCH_SPACE,
+    "PPOLag": {"lagrangian_multiplier_lr": {"loguniform": [0.01, 0.1]},
+               "lr": {"loguniform": [1e-4, 1e-3]}},
+    "PPOPIDLag": {"pid_kp": {"loguniform": [0.03, 1.0]},
+                  "pid_ki": {"loguniform": [0.003, 0.1]},
+                  "pid_kd": {"loguniform": [0.003, 0.1]}},
+    "CPO": {"target_kl": {"loguniform": [0.003, 0.03]},
+            "cg_damping": {"loguniform": [0.01, 0.3]}},
+}
+
+
+def default_search_space(algo: str) -> dict[str, Any]:
+    """The search space used for ``algo`` when no ``--search`` is given."""
+    return dict(DEFAULT_SEARCH_SPACES.get(algo, DEFAULT_SEARCH_SPACE))
 _DISTRIBUTIONS = {
     "uniform": tune.uniform,
     "loguniform": tune.loguniform,
@@ -234,7 +250,7 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
     Args:
         exp: the experiment (algorithm, env, fixed config, stop criteria).
         search: JSON-style search space (see :func:`parse_search_space`); default
-            :data:`DEFAULT_SEARCH_SPACE`.
+            the algorithm's entry of :data:`DEFAULT_SEARCH_SPACES`.
         num_samples: samples of the space (each grid point is repeated this often).
         storage_path: results root; the experiment is ``<storage_path>/<name>``.
         name: experiment name (default ``<exp.name>-search``).
@@ -247,7 +263,7 @@ def run_search(exp: Experiment, *, search: dict[str, Any] | None = None,
             with an env-step budget); default 10 % of the budget.
         reduction_factor: ASHA: at each rung the best 1/reduction_factor go on.
     """
-    spec = dict(DEFAULT_SEARCH_SPACE if search is None else search)
+    spec = default_search_space(exp.run) if search is None else dict(search)
     space = parse_search_space(spec)
     _check_search_keys(exp, spec)
     if num_samples < 1:

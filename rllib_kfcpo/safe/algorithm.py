@@ -335,22 +335,27 @@ class SafeAlgorithm(PPO):
             )
 
     def _update_learners(self, episodes: Any) -> Any:
-        return self.learner_group.update(
-            episodes=episodes,
-            timesteps={
-                NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
-                    (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
-                ),
-                NUM_MODULE_STEPS_TRAINED_LIFETIME: self.metrics.peek(
-                    (LEARNER_RESULTS, ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME),
-                    default=0,
-                ),
-                EPISODE_COST_FOR_LEARNER: self.episode_cost_mean(),
-            },
-            num_epochs=self.config.num_epochs,
-            minibatch_size=self.config.minibatch_size,
-            shuffle_batch_per_epoch=self.config.shuffle_batch_per_epoch,
-        )
+        return self.learner_group.update(episodes=episodes, timesteps=self._learner_timesteps(),
+                                         **self._learner_update_kwargs())
+
+    def _learner_timesteps(self) -> dict[str, Any]:
+        """What the learners receive as ``timesteps`` (algorithms may add keys)."""
+        return {
+            NUM_ENV_STEPS_SAMPLED_LIFETIME: self.metrics.peek(
+                (ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME)
+            ),
+            NUM_MODULE_STEPS_TRAINED_LIFETIME: self.metrics.peek(
+                (LEARNER_RESULTS, ALL_MODULES, NUM_MODULE_STEPS_TRAINED_LIFETIME),
+                default=0,
+            ),
+            EPISODE_COST_FOR_LEARNER: self.episode_cost_mean(),
+        }
+
+    def _learner_update_kwargs(self) -> dict[str, Any]:
+        """Epoch and minibatch arguments of ``learner_group.update`` (PPO's by default)."""
+        return {"num_epochs": self.config.num_epochs,
+                "minibatch_size": self.config.minibatch_size,
+                "shuffle_batch_per_epoch": self.config.shuffle_batch_per_epoch}
 
 
 def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:

@@ -1,4 +1,5 @@
-"""Both safe algorithms train on a real Safety-Gymnasium task with 2 env runners, and the
+"""The safe algorithms train on a real Safety-Gymnasium task (KFCPO and PPOLag with 2 env
+runners, the baselines with 0 and 2 learners), and the
 GPU-learner configuration (run where a GPU exists, skipped cleanly elsewhere)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import math
 import pytest
 import torch
 
-from rllib_kfcpo import KFCPOConfig, PPOLagConfig
+from rllib_kfcpo import CPOConfig, KFCPOConfig, PPOLagConfig, PPOPIDLagConfig
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV
 from tests.helpers import results
 
@@ -78,3 +79,33 @@ def test_two_gpu_learners_stay_identical(ray_local):
         algo.stop()
     for key in weights[0]:
         assert (weights[0][key] == weights[1][key]).all(), key
+
+
+@pytest.mark.parametrize("num_learners", [0, 2])
+@pytest.mark.parametrize("config_cls", [CPOConfig, PPOPIDLagConfig])
+def test_baselines_train_on_point_goal1(ray_local, config_cls, num_learners):
+    """CPO and PPO-PID-Lagrangian: a 2-iteration smoke on SafetyPointGoal1-v0 (50-step
+    episodes so they finish) with a local learner and with 2 learners (gloo)."""
+    config = (
+        config_cls()
+        .environment(ENV, env_config={"max_episode_steps": 50})
+        .env_runners(num_env_runners=0, rollout_fragment_length=200)
+        .learners(num_learners=num_learners)
+        .training(train_batch_size=400, minibatch_size=100, num_epochs=1, cost_limit=25.0)
+        .debugging(seed=0)
+    )
+    algo = config.build_algo()
+    try:
+        history = [algo.train() for _ in range(2)]
+        weights = results(algo.learner_group.foreach_learner(
+            lambda lr: lr.module["default_policy"].unwrapped().pi[0].weight.detach().clone()))
+    finally:
+        algo.stop()
+    runners = history[-1]["env_runners"]
+    assert runners["num_episodes_lifetime"] >= 8
+    assert math.isfinite(runners["episode_cost_mean"])
+    assert math.isfinite(runners["episode_return_mean"])
+    learner = history[-1]["learners"]["default_policy"]
+    assert math.isfinite(learner["vf_loss"]) and math.isfinite(learner["cost_vf_loss"])
+    assert len(weights) == max(num_learners, 1)
+    assert all(bool((w == weights[0]).all()) for w in weights)

@@ -43,6 +43,11 @@ def test_update_cost_smoke_prints_ratio_row():
     t_ppo, t_kf, ratio, share = map(float, rows[0])
     assert t_ppo > 0 and t_kf > 0 and ratio > 0
     assert 0 <= share <= 100
+    cpo = re.findall(rf"^\s*16x16 \|.*\| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})%$", out,
+                     flags=re.MULTILINE)
+    assert cpo, out
+    t_cpo, cpo_ratio, cg_share = map(float, cpo[0])
+    assert t_cpo > 0 and cpo_ratio > 0 and 0 < cg_share <= 100
 
 
 def test_sampling_smoke_prints_ratio_rows():
@@ -99,3 +104,11 @@ def test_env_speed_smoke_prints_ratio_rows():
     rows = re.findall(rf"^\s*SafetyPointGoal1-v0 \| +({FLOAT}) \| +({FLOAT}) \| +({FLOAT})",
                       out, flags=re.MULTILINE)
     assert rows and all(float(v) > 0 for v in rows[0]), out
+
+
+def test_learning_smoke_runs_the_baselines(tmp_path: Path):
+    out = run_script("learning.py", "--algos", "PPOPIDLag,CPO", "--out", str(tmp_path))
+    for name in ("PPOPIDLag", "CPO"):
+        assert re.search(rf"\| +{re.escape(name)} \| +{FLOAT} \+- +{FLOAT} \|", out), name
+    (env_rows,) = json.loads((tmp_path / "results.json").read_text()).values()
+    assert set(env_rows) == {"PPOPIDLag", "CPO"}

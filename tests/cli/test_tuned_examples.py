@@ -37,7 +37,8 @@ def _ids(paths: list[Path]) -> list[str]:
 
 def test_required_tuned_examples_exist():
     found = {(e.run, e.env) for path in TUNED for e in load_experiments(path)}
-    missing = [(algo, env) for algo in ("KFCPO", "PPOLag") for env in REQUIRED_ENVS
+    missing = [(algo, env) for algo in ("KFCPO", "PPOLag", "CPO", "PPOPIDLag")
+               for env in REQUIRED_ENVS
                if (algo, env) not in found]
     assert not missing, f"no tuned example for {missing}"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rllib_kfcpo import KFCPOConfig, PPOLagConfig
+from rllib_kfcpo import CPOConfig, KFCPOConfig, PPOLagConfig, PPOPIDLagConfig
 from rllib_kfcpo.algorithms.kfcpo.kfcpo import KFCPO
 from rllib_kfcpo.algorithms.ppo_lag.ppo_lag import PPOLag
 from rllib_kfcpo.cli.main import main
@@ -76,6 +76,26 @@ BAD_VALUES = [
     (PPOLagConfig, "training", "lagrangian_multiplier_init", -0.1, "finite number >= 0"),
     (PPOLagConfig, "training", "lagrangian_multiplier_lr", 0.0, "finite number > 0"),
     (PPOLagConfig, "training", "lagrangian_upper_bound", 0.0, "number > 0"),
+    (PPOPIDLagConfig, "training", "pid_kp", -0.1, "finite number >= 0"),
+    (PPOPIDLagConfig, "training", "pid_ki", math.inf, "finite number >= 0"),
+    (PPOPIDLagConfig, "training", "pid_kd", True, "finite number >= 0"),
+    (PPOPIDLagConfig, "training", "pid_d_delay", 0, "integer >= 1"),
+    (PPOPIDLagConfig, "training", "pid_d_delay", 2.5, "integer >= 1"),
+    (PPOPIDLagConfig, "training", "pid_delta_p_ema_alpha", 1.0, "in [0, 1)"),
+    (PPOPIDLagConfig, "training", "pid_delta_d_ema_alpha", -0.1, "in [0, 1)"),
+    (PPOPIDLagConfig, "training", "sum_norm", 1, "True or False"),
+    (PPOPIDLagConfig, "training", "diff_norm", "no", "True or False"),
+    (PPOPIDLagConfig, "training", "penalty_max", 0.0, "number > 0"),
+    (PPOPIDLagConfig, "training", "lagrangian_multiplier_init", -1.0, "finite number >= 0"),
+    (CPOConfig, "training", "target_kl", 0.0, "finite number > 0"),
+    (CPOConfig, "training", "target_kl", True, "finite number > 0"),
+    (CPOConfig, "training", "cg_iters", 0, "integer >= 1"),
+    (CPOConfig, "training", "cg_iters", 15.0, "integer >= 1"),
+    (CPOConfig, "training", "cg_damping", -0.1, "finite number >= 0"),
+    (CPOConfig, "training", "fvp_sample_freq", 0, "integer >= 1"),
+    (CPOConfig, "training", "line_search_steps", 0, "integer >= 1"),
+    (CPOConfig, "training", "line_search_decay", 1.0, "in (0, 1)"),
+    (CPOConfig, "training", "cost_limit", -5.0, "finite number >= 0"),
     (KFCPOConfig, "learners", "num_learners", -1, ">= 0"),
     (KFCPOConfig, "learners", "num_gpus_per_learner", -1, ">= 0"),
     (KFCPOConfig, "env_runners", "num_env_runners", -2, ">= 0"),
@@ -125,6 +145,8 @@ def test_multiplier_above_its_bound():
 def test_good_config_passes():
     tiny().validate()
     tiny(PPOLagConfig).validate()
+    tiny(PPOPIDLagConfig).validate()
+    tiny(CPOConfig).validate()
 
 
 # --- Envs (real env construction; remote env runners on real Ray) ------------------------

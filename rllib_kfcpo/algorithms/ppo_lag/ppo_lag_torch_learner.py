@@ -25,12 +25,24 @@ from rllib_kfcpo.safe.learner import SafeTorchLearner, masked_mean
 
 
 class PPOLagTorchLearner(SafeTorchLearner):
-    """Clipped PPO on ``(A_r - lambda A_c) / (1 + lambda)`` plus both critics' losses."""
+    """Clipped PPO on ``(A_r - lambda A_c) / (1 + lambda)`` plus both critics' losses.
+
+    The multiplier is whatever :meth:`make_multiplier` returns: an object with ``value``,
+    ``update(episode_cost, cost_limit)``, ``state_dict()`` and ``load_state_dict()``
+    (PPO-PID-Lagrangian swaps in a PID controller there).
+    """
+
+    #: Key of the multiplier's state inside the learner's ``safe_state``.
+    MULTIPLIER_STATE_KEY = "lagrange"
 
     @override(SafeTorchLearner)
     def build(self) -> None:
         super().build()
-        self.lagrange = LagrangeMultiplier(
+        self.lagrange = self.make_multiplier()
+
+    def make_multiplier(self) -> Any:
+        """The multiplier of the surrogate: projected Adam on lambda (OmniSafe PPOLag)."""
+        return LagrangeMultiplier(
             init=self.config.lagrangian_multiplier_init,
             lr=self.config.lagrangian_multiplier_lr,
             upper_bound=self.config.lagrangian_upper_bound,
@@ -101,10 +113,11 @@ class PPOLagTorchLearner(SafeTorchLearner):
 
     @override(SafeTorchLearner)
     def get_safe_state(self) -> dict[str, Any]:
-        return {**super().get_safe_state(), "lagrange": self.lagrange.state_dict()}
+        return {**super().get_safe_state(),
+                self.MULTIPLIER_STATE_KEY: self.lagrange.state_dict()}
 
     @override(SafeTorchLearner)
     def set_safe_state(self, state: dict[str, Any]) -> None:
         super().set_safe_state(state)
-        if "lagrange" in state:
-            self.lagrange.load_state_dict(state["lagrange"])
+        if self.MULTIPLIER_STATE_KEY in state:
+            self.lagrange.load_state_dict(state[self.MULTIPLIER_STATE_KEY])
