@@ -17,16 +17,22 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import Learner
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner
+from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 
-from rllib_kfcpo.rllib_seam import learner_connector, wants_component
+from rllib_kfcpo.distributed import all_reduce_mean_, is_distributed
+from rllib_kfcpo.rllib_seam import CustomStepLearnerMixin, learner_connector, wants_component
 from rllib_kfcpo.safe.columns import (
     COST_LIMIT_KEY,
+    COST_VALUE_TARGETS,
     EPISODE_COST_FOR_LEARNER,
     EPISODE_COST_SEEN_KEY,
 )
 from rllib_kfcpo.safe.connectors import SafeGeneralAdvantageEstimation
 
+#: Name of the critics' own Adam optimizer in learners whose policy takes a non-SGD step.
+CRITIC_OPTIMIZER = "critic"
 #: Learner-state component holding algorithm state beyond module/optimizer/metrics.
 COMPONENT_SAFE_STATE = "safe_state"
 #: Version of the ``safe_state`` layout; bump it when it changes incompatibly.
@@ -108,6 +114,41 @@ class SafeTorchLearner(PPOTorchLearner):
             self.metrics.log_value((module_id, COST_LIMIT_KEY), float(self.config.cost_limit),
                                    window=1)
 
+    # --- Shared pieces of learners with a non-SGD policy step (KFCPO, CPO) ---------------
+    def broadcast_weights_from_rank0(self) -> None:
+        """Without DDP every learner must start from the same weights: rank 0's."""
+        if not is_distributed():
+            return
+        for module_id in self.module.keys():
+            for tensor in self.module[module_id].unwrapped().state_dict().values():
+                torch.distributed.broadcast(tensor, src=0)
+
+    def register_critic_optimizer(self, module_id: str, config: Any) -> None:
+        """Adam over both critics (lr ``config.lr``) as the module's only optimizer."""
+        params = self.module[module_id].unwrapped().critic_parameters()
+        self.register_optimizer(module_id=module_id, optimizer_name=CRITIC_OPTIMIZER,
+                                optimizer=torch.optim.Adam(params), params=params,
+                                lr_or_lr_schedule=config.lr)
+
+    def critic_step(self, module_id: str, module: Any, batch: dict[str, Any],
+                    cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Adam step of both critics on ``batch``: gradients averaged over learners and
+        clipped to ``grad_clip`` (global norm); returns the detached value losses."""
+        vf_loss = masked_mean((module.compute_values(batch)
+                               - batch[Postprocessing.VALUE_TARGETS]).pow(2), batch)
+        cost_vf_loss = masked_mean((module.compute_cost_values(batch)
+                                    - batch[COST_VALUE_TARGETS]).pow(2), batch)
+        loss = cfg.vf_loss_coeff * vf_loss + cfg.cost_vf_loss_coeff * cost_vf_loss
+        optimizer = self.get_optimizer(module_id, CRITIC_OPTIMIZER)
+        params = module.critic_parameters()
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        all_reduce_mean_([p.grad for p in params])
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        return vf_loss.detach(), cost_vf_loss.detach()
+
     # --- Extra state -------------------------------------------------------------------
     def get_safe_state(self) -> dict[str, Any]:
         """Algorithm state that must survive a checkpoint (override and extend)."""
@@ -134,3 +175,20 @@ class SafeTorchLearner(PPOTorchLearner):
         super().set_state(state)
         if COMPONENT_SAFE_STATE in state:
             self.set_safe_state(state[COMPONENT_SAFE_STATE])
+
+
+class NonSGDPolicyLearner(CustomStepLearnerMixin, SafeTorchLearner):
+    """Base of learners whose policy takes a trust-region step, not an optimizer step.
+
+    The critics get their own Adam (:data:`CRITIC_OPTIMIZER`, lr ``lr``), every learner
+    starts from rank 0's weights (no DDP), and subclasses write ``custom_update``.
+    """
+
+    @override(SafeTorchLearner)
+    def build(self) -> None:
+        super().build()
+        self.broadcast_weights_from_rank0()
+
+    @override(TorchLearner)
+    def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
+        self.register_critic_optimizer(module_id, config)

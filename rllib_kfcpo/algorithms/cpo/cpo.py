@@ -21,33 +21,35 @@ from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_LEN_MEAN
 
 from rllib_kfcpo.safe.algorithm import SafeAlgorithm
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
+from rllib_kfcpo.safe.rules import Rule, check_rules, integer, number
 
 #: Key of the mean episode length the driver hands to CPO's learners in ``timesteps``.
 EPISODE_LEN_FOR_LEARNER = "safe_episode_len_mean"
 
 
-def _real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _int_at_least(low: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-#: (name, check, allowed values) of every CPO setting.
-CPO_RULES: tuple[tuple[str, Any, str], ...] = (
-    ("target_kl", lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
-    ("cg_iters", _int_at_least(1), "an integer >= 1"),
-    ("cg_damping", lambda v: _real(v) and math.isfinite(v) and v >= 0,
-     "a finite number >= 0"),
-    ("fvp_sample_freq", _int_at_least(1), "an integer >= 1 (1: every sample)"),
-    ("line_search_steps", _int_at_least(1), "an integer >= 1"),
-    ("line_search_decay", lambda v: _real(v) and 0 < v < 1, "a number in (0, 1)"),
+#: CPO's settings' rules (rllib_kfcpo.safe.rules).
+CPO_RULES = (
+    Rule("target_kl", number(0, low_open=True), "a finite number > 0"),
+    Rule("cg_iters", integer(1), "an integer >= 1"),
+    Rule("cg_damping", number(0), "a finite number >= 0"),
+    Rule("fvp_sample_freq", integer(1), "an integer >= 1 (1: every sample)"),
+    Rule("line_search_steps", integer(1), "an integer >= 1"),
+    Rule("line_search_decay", number(0, 1, low_open=True, high_open=True), "a number in (0, 1)"),
 )
 
 
 class CPOConfig(SafeAlgorithmConfig):
-    """Config of :class:`CPO`; defaults are OmniSafe's CPO (``configs/on-policy/CPO.yaml``)."""
+    """Config of :class:`CPO`; defaults are OmniSafe's CPO (``configs/on-policy/CPO.yaml``).
+
+    The policy takes one trust-region step per iteration (no optimizer): ``lr``,
+    ``grad_clip``, ``num_epochs`` and ``minibatch_size`` act on the critics only; PPO's
+    loss settings are refused when set.
+    """
+
+    UNUSED_INHERITED_SETTINGS = (
+        *SafeAlgorithmConfig.UNUSED_INHERITED_SETTINGS,
+        "clip_param", "entropy_coeff", "entropy_coeff_schedule", "grad_clip_by",
+    )
 
     def __init__(self, algo_class: type | None = None) -> None:
         super().__init__(algo_class=algo_class or CPO)
@@ -89,12 +91,10 @@ class CPOConfig(SafeAlgorithmConfig):
             line_search_decay: Factor between two tries.
         """
         super().training(**kwargs)
-        given = {"target_kl": target_kl, "cg_iters": cg_iters, "cg_damping": cg_damping,
-                 "fvp_sample_freq": fvp_sample_freq, "line_search_steps": line_search_steps,
-                 "line_search_decay": line_search_decay}
-        for name, value in given.items():
-            if value is not NotProvided:
-                setattr(self, name, value)
+        self._set_provided(target_kl=target_kl, cg_iters=cg_iters, cg_damping=cg_damping,
+                           fvp_sample_freq=fvp_sample_freq,
+                           line_search_steps=line_search_steps,
+                           line_search_decay=line_search_decay)
         return self
 
     @override(SafeAlgorithmConfig)
@@ -106,12 +106,7 @@ class CPOConfig(SafeAlgorithmConfig):
     @override(SafeAlgorithmConfig)
     def validate(self) -> None:
         super().validate()
-        for name, ok, allowed in CPO_RULES:
-            value = getattr(self, name)
-            if not ok(value):
-                self._value_error(
-                    f"training({name}={value!r}) is invalid: {name} must be {allowed}."
-                )
+        check_rules(self, CPO_RULES)
 
 
 class CPO(SafeAlgorithm):

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY, Learner
-from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from torch import nn
@@ -54,9 +53,7 @@ from rllib_kfcpo.safe.columns import (
     COST_VF_LOSS_KEY,
     MEAN_KL_KEY,
 )
-from rllib_kfcpo.safe.learner import SafeTorchLearner, masked_mean
-
-CRITIC_OPTIMIZER = "critic"
+from rllib_kfcpo.safe.learner import NonSGDPolicyLearner, SafeTorchLearner, masked_mean
 
 
 def _mean_(tensor: torch.Tensor) -> None:
@@ -69,7 +66,7 @@ def _set_flat_(params: list[nn.Parameter], vector: torch.Tensor) -> None:
             p.copy_(v)
 
 
-class CPOTorchLearner(SafeTorchLearner):
+class CPOTorchLearner(NonSGDPolicyLearner):
     """CPO's learner (see module docstring)."""
 
     # --- Set-up -------------------------------------------------------------------------
@@ -78,22 +75,6 @@ class CPOTorchLearner(SafeTorchLearner):
         super().build()
         #: Mean episode length as last received from the driver (scales c per step).
         self.episode_len = math.nan
-        if is_distributed():  # No DDP: start every learner from rank 0's weights.
-            for module_id in self.module.keys():
-                for tensor in self.module[module_id].unwrapped().state_dict().values():
-                    torch.distributed.broadcast(tensor, src=0)
-
-    @override(TorchLearner)
-    def _make_modules_ddp_if_necessary(self) -> None:
-        """CPO's policy step is not a loss.backward() (two gradients, Fisher-vector
-        products and a line search), which DDP cannot average: explicit all-reduces."""
-
-    @override(TorchLearner)
-    def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
-        params = self._module[module_id].unwrapped().critic_parameters()
-        self.register_optimizer(module_id=module_id, optimizer_name=CRITIC_OPTIMIZER,
-                                optimizer=torch.optim.Adam(params), params=params,
-                                lr_or_lr_schedule=config.lr)
 
     @override(SafeTorchLearner)
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
@@ -103,8 +84,8 @@ class CPOTorchLearner(SafeTorchLearner):
             self.episode_len = length
 
     # --- The update ---------------------------------------------------------------------
-    @override(TorchLearner)
-    def _update(self, batch: dict[str, Any], **kwargs) -> tuple[Any, Any, Any]:
+    @override(NonSGDPolicyLearner)
+    def custom_update(self, batch: dict[str, Any], **kwargs) -> tuple[Any, Any, Any]:
         losses = {}
         for module_id, module_batch in batch.items():
             cfg = self.config.get_config_for_module(module_id)
@@ -217,33 +198,21 @@ class CPOTorchLearner(SafeTorchLearner):
             torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
         keys = [k for k in (Columns.OBS, Postprocessing.VALUE_TARGETS, COST_VALUE_TARGETS,
                             Columns.LOSS_MASK) if k in batch]
-        optimizer = self.get_optimizer(module_id, CRITIC_OPTIMIZER)
-        params = module.critic_parameters()
         vf_total, cvf_total, steps = 0.0, 0.0, 0
-        loss = torch.zeros((), device=batch[Columns.OBS].device)
         for _ in range(cfg.num_epochs):
             order = torch.randperm(n, device=batch[Columns.OBS].device)
             for i in range(int(count)):
                 idx = order[i * size:(i + 1) * size]
-                mb = {k: batch[k][idx] for k in keys}
-                vf_loss = masked_mean((module.compute_values(mb)
-                                       - mb[Postprocessing.VALUE_TARGETS]).pow(2), mb)
-                cvf_loss = masked_mean((module.compute_cost_values(mb)
-                                        - mb[COST_VALUE_TARGETS]).pow(2), mb)
-                loss = cfg.vf_loss_coeff * vf_loss + cfg.cost_vf_loss_coeff * cvf_loss
-                optimizer.zero_grad(set_to_none=False)
-                loss.backward()
-                all_reduce_mean_([p.grad for p in params])
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
+                vf_loss, cvf_loss = self.critic_step(module_id, module,
+                                                     {k: batch[k][idx] for k in keys}, cfg)
                 vf_total += vf_loss.item()
                 cvf_total += cvf_loss.item()
                 steps += 1
         steps = max(steps, 1)
         self.metrics.log_value((module_id, VF_LOSS_KEY), vf_total / steps, window=1)
         self.metrics.log_value((module_id, COST_VF_LOSS_KEY), cvf_total / steps, window=1)
-        return loss.detach()
+        return torch.as_tensor(cfg.vf_loss_coeff * vf_total / steps
+                               + cfg.cost_vf_loss_coeff * cvf_total / steps)
 
     # --- State --------------------------------------------------------------------------
     @override(SafeTorchLearner)

@@ -33,7 +33,6 @@ import torch
 from ray.rllib.algorithms.ppo.ppo import LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY, Learner
-from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.torch_utils import explained_variance
@@ -54,7 +53,6 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
 )
 from rllib_kfcpo.distributed import all_reduce_mean_
 from rllib_kfcpo.kfac import KFACPreconditioner
-from rllib_kfcpo.rllib_seam import CustomStepLearnerMixin
 from rllib_kfcpo.safe.columns import (
     COST_ADVANTAGES,
     COST_VALUE_TARGETS,
@@ -62,9 +60,8 @@ from rllib_kfcpo.safe.columns import (
     COST_VF_LOSS_KEY,
     EPISODE_COST_FOR_LEARNER,
 )
-from rllib_kfcpo.safe.learner import SafeTorchLearner, masked_mean
+from rllib_kfcpo.safe.learner import NonSGDPolicyLearner, SafeTorchLearner, masked_mean
 
-CRITIC_OPTIMIZER = "critic"
 #: Exact Fisher of a Gaussian's log-std, per dimension: E[(z^2 - 1)^2] = 2.
 LOG_STD_FISHER = 2.0
 #: ``adaptive_trust_region``: weight of the newest kept step in the running (geometric)
@@ -78,7 +75,7 @@ def _distributed() -> bool:
             and torch.distributed.get_world_size() > 1)
 
 
-class KFCPOTorchLearner(CustomStepLearnerMixin, SafeTorchLearner):
+class KFCPOTorchLearner(NonSGDPolicyLearner):
     """KFCPO's learner (see module docstring).
 
     Its backward is not a ``loss.backward()`` (it differentiates w.r.t. the layer outputs
@@ -96,9 +93,6 @@ class KFCPOTorchLearner(CustomStepLearnerMixin, SafeTorchLearner):
         self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
-            if _distributed():  # No DDP: start every learner from rank 0's weights.
-                for tensor in module.state_dict().values():
-                    torch.distributed.broadcast(tensor, src=0)
             cfg = self.config.get_config_for_module(module_id)
             self.kfac[module_id] = KFACPreconditioner(
                 [m for m in module.pi.modules() if isinstance(m, nn.Linear)],
@@ -109,18 +103,6 @@ class KFCPOTorchLearner(CustomStepLearnerMixin, SafeTorchLearner):
                 inv_update_steps=cfg.kfac_inv_update_steps,
                 relative_damping=cfg.kfac_damping_relative,
             )
-
-    @override(TorchLearner)
-    def configure_optimizers_for_module(self, module_id: str, config: Any = None) -> None:
-        module = self.module[module_id].unwrapped()
-        params = module.critic_parameters()
-        self.register_optimizer(
-            module_id=module_id,
-            optimizer_name=CRITIC_OPTIMIZER,
-            optimizer=torch.optim.Adam(params),
-            params=params,
-            lr_or_lr_schedule=config.lr,
-        )
 
     @override(SafeTorchLearner)
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
@@ -137,7 +119,7 @@ class KFCPOTorchLearner(CustomStepLearnerMixin, SafeTorchLearner):
             self.metrics.log_value((module_id, M.MARGIN_COST), self.margin_cost, window=1)
 
     # --- The update ---------------------------------------------------------------------
-    @override(CustomStepLearnerMixin)
+    @override(NonSGDPolicyLearner)
     def custom_update(self, batch: dict[str, Any], **kwargs) -> tuple[Any, Any, Any]:
         losses = {mid: self._kfcpo_step(mid, mb) for mid, mb in batch.items()}
         return {}, losses, {}
@@ -284,24 +266,12 @@ class KFCPOTorchLearner(CustomStepLearnerMixin, SafeTorchLearner):
         rows = int(batch[Columns.OBS].shape[0])
         size = min(cfg.critic_minibatch_size or rows, rows)
         keys = (Columns.OBS, Postprocessing.VALUE_TARGETS, COST_VALUE_TARGETS, Columns.LOSS_MASK)
-        optimizer = self.get_optimizer(module_id, CRITIC_OPTIMIZER)
-        params = module.critic_parameters()
         with torch.no_grad():
             targets, cost_targets = batch[Postprocessing.VALUE_TARGETS], batch[COST_VALUE_TARGETS]
             before = (module.compute_values(batch), module.compute_cost_values(batch))
         for start in range(0, rows - size + 1, size):
-            part = {k: batch[k][start:start + size] for k in keys if k in batch}
-            vf_loss = masked_mean((module.compute_values(part)
-                                   - part[Postprocessing.VALUE_TARGETS]).pow(2), part)
-            cost_vf_loss = masked_mean((module.compute_cost_values(part)
-                                        - part[COST_VALUE_TARGETS]).pow(2), part)
-            loss = cfg.vf_loss_coeff * vf_loss + cfg.cost_vf_loss_coeff * cost_vf_loss
-            optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            all_reduce_mean_([p.grad for p in params])
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
+            self.critic_step(module_id, module,
+                             {k: batch[k][start:start + size] for k in keys if k in batch}, cfg)
         # Losses and explained variances of the minibatch before this update's steps.
         values = {
             VF_LOSS_KEY: masked_mean((before[0] - targets).pow(2), batch).item(),

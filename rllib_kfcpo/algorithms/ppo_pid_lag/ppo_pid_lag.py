@@ -9,7 +9,6 @@ windowed episode cost Jc. See rllib_kfcpo/safe/pid_lagrange.py and docs/algorith
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import NotProvided
@@ -17,31 +16,23 @@ from ray.rllib.utils.annotations import override
 
 from rllib_kfcpo.safe.algorithm import SafeAlgorithm
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
+from rllib_kfcpo.safe.rules import Rule, boolean, check_rules, integer, number
 
-
-def _real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _gain(v: Any) -> bool:
-    return _real(v) and math.isfinite(v) and v >= 0
-
-
-#: (name, check, allowed values) of every PPO-PID-Lagrangian setting.
-PID_RULES: tuple[tuple[str, Any, str], ...] = (
-    ("pid_kp", _gain, "a finite number >= 0"),
-    ("pid_ki", _gain, "a finite number >= 0"),
-    ("pid_kd", _gain, "a finite number >= 0"),
-    ("pid_d_delay", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-     "an integer >= 1"),
-    ("pid_delta_p_ema_alpha", lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("pid_delta_d_ema_alpha", lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("sum_norm", lambda v: isinstance(v, bool), "True or False"),
-    ("diff_norm", lambda v: isinstance(v, bool), "True or False"),
-    ("penalty_max", lambda v: _real(v) and not math.isnan(v) and v > 0,
-     "a number > 0 (math.inf for no bound)"),
-    ("lagrangian_multiplier_init", _gain, "a finite number >= 0"),
-    ("clip_param", lambda v: _real(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
+#: PPO-PID-Lagrangian's settings' rules (rllib_kfcpo.safe.rules).
+_GAIN = "a finite number >= 0"
+PID_RULES = (
+    Rule("pid_kp", number(0), _GAIN),
+    Rule("pid_ki", number(0), _GAIN),
+    Rule("pid_kd", number(0), _GAIN),
+    Rule("pid_d_delay", integer(1), "an integer >= 1"),
+    Rule("pid_delta_p_ema_alpha", number(0, 1, high_open=True), "a number in [0, 1)"),
+    Rule("pid_delta_d_ema_alpha", number(0, 1, high_open=True), "a number in [0, 1)"),
+    Rule("sum_norm", boolean, "True or False"),
+    Rule("diff_norm", boolean, "True or False"),
+    Rule("penalty_max", number(0, low_open=True, finite=False),
+         "a number > 0 (math.inf for no bound)"),
+    Rule("lagrangian_multiplier_init", number(0), _GAIN),
+    Rule("clip_param", number(0, low_open=True), "a finite number > 0"),
 )
 
 
@@ -95,16 +86,13 @@ class PPOPIDLagConfig(SafeAlgorithmConfig):
             lagrangian_multiplier_init: Initial value of the integral term.
         """
         super().training(**kwargs)
-        given = {
-            "pid_kp": pid_kp, "pid_ki": pid_ki, "pid_kd": pid_kd, "pid_d_delay": pid_d_delay,
-            "pid_delta_p_ema_alpha": pid_delta_p_ema_alpha,
-            "pid_delta_d_ema_alpha": pid_delta_d_ema_alpha, "sum_norm": sum_norm,
-            "diff_norm": diff_norm, "penalty_max": penalty_max,
-            "lagrangian_multiplier_init": lagrangian_multiplier_init,
-        }
-        for name, value in given.items():
-            if value is not NotProvided:
-                setattr(self, name, value)
+        self._set_provided(
+            pid_kp=pid_kp, pid_ki=pid_ki, pid_kd=pid_kd, pid_d_delay=pid_d_delay,
+            pid_delta_p_ema_alpha=pid_delta_p_ema_alpha,
+            pid_delta_d_ema_alpha=pid_delta_d_ema_alpha, sum_norm=sum_norm,
+            diff_norm=diff_norm, penalty_max=penalty_max,
+            lagrangian_multiplier_init=lagrangian_multiplier_init,
+        )
         return self
 
     @override(SafeAlgorithmConfig)
@@ -118,12 +106,7 @@ class PPOPIDLagConfig(SafeAlgorithmConfig):
     @override(SafeAlgorithmConfig)
     def validate(self) -> None:
         super().validate()
-        for name, ok, allowed in PID_RULES:
-            value = getattr(self, name)
-            if not ok(value):
-                self._value_error(
-                    f"training({name}={value!r}) is invalid: {name} must be {allowed}."
-                )
+        check_rules(self, PID_RULES)
 
 
 class PPOPIDLag(SafeAlgorithm):
