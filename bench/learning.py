@@ -201,6 +201,11 @@ def run_headline(args: argparse.Namespace, base_config: dict, records_path: Path
     algos = [a for a in (args.algos.split(",") if args.algos else HEADLINE_ALGOS)
              if a in known]
     envs = {"rllib_kfcpo/ActionCost-v0": 600} if args.smoke else dict(HEADLINE_ENVS)
+    if args.envs and not args.smoke:
+        unknown = sorted(set(args.envs.split(",")) - set(HEADLINE_ENVS))
+        if unknown:
+            raise SystemExit(f"--envs {unknown} are not headline envs: {list(HEADLINE_ENVS)}.")
+        envs = {env: steps for env, steps in envs.items() if env in args.envs.split(",")}
     seeds = [0] if args.smoke else [int(s) for s in args.seeds.split(",")]
     limit = base_config["cost_limit"]
     for env, steps in envs.items():
@@ -253,7 +258,9 @@ ALGO_SETTINGS = {
 def main() -> None:
     """Parses the arguments, trains every variant, prints and writes the table."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--envs", default="SafetyPointGoal1-v0,SafetyHalfCheetahVelocity-v1")
+    parser.add_argument("--envs", default=None,
+                        help="comma-separated env ids (default: PointGoal1 and "
+                             "HalfCheetahVelocity; with --headline: a subset of its envs)")
     parser.add_argument("--seeds", default="0,5,10")
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=8_000, help="train_batch_size")
@@ -294,7 +301,7 @@ def main() -> None:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     steps, batch, runners = args.steps, args.batch, args.runners
-    envs = args.envs.split(",")
+    envs = (args.envs or "SafetyPointGoal1-v0,SafetyHalfCheetahVelocity-v1").split(",")
     if args.full:
         seeds, steps, batch, runners = [0, 5, 10, 15, 20], 10_000_000, 20_000, 8
         envs = list(FULL_ENVS)
