@@ -11,7 +11,7 @@ def test_sampling_rllib_path_adds_before_columns() -> None:
     out = run_script("sampling.py", "--rllib-path")
     assert "rllib sample/s" in out, out
     rows = re.findall(
-        r"^\s*SafetyHalfCheetahVelocity-v1 \| +off \| +(\d) \| +(\d)"
+        r"^\s*SafetyHalfCheetahVelocity-v1 \| +off \| +off \| +(\d) \| +(\d)"
         + rf" \| +({FLOAT})" * 9 + r"\s*$", out, flags=re.MULTILINE)
     assert {(r[0], r[1]) for r in rows} == {("1", "1"), ("2", "1")}, out
     for row in rows:
