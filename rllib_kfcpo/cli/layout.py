@@ -11,7 +11,7 @@ with ``--config``), :func:`fit_layout` shrinks the defaults to what Ray sees:
   trial's own process and any learner actors; 0 means sampling in the trial's process.
 
 Keys the user did set are kept as given. A layout that still does not fit is refused by
-:func:`rllib_kfcpo.safe.algorithm.check_cluster_resources`; :func:`fitting_override`
+:func:`rllib_kfcpo.safe.resources.check_cluster_resources`; :func:`fitting_override`
 names a ``--config`` override that fits.
 """
 

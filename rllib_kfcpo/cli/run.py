@@ -150,7 +150,7 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
         override_hint,
         user_layout_keys,
     )
-    from rllib_kfcpo.safe.algorithm import ClusterResourceError, check_cluster_resources
+    from rllib_kfcpo.safe.resources import ClusterResourceError, check_cluster_resources
 
     storage = str(Path(storage_path or os.path.join(os.getcwd(), "results")).resolve())
     exp_dir = os.path.join(storage, name)

@@ -1,4 +1,6 @@
-"""The training loop shared by every safe algorithm.
+"""The training loop shared by every safe algorithm (its other jobs live beside it:
+``resources.py`` checks the cluster, ``checkpoints.py`` writes and guards checkpoints,
+``validation.py`` checks the env before any worker starts).
 
 Same shape as RLlib's PPO ``training_step`` (sample, update learners, sync weights), plus
 one thing: the mean episode cost Jc is handed to the learners in ``timesteps`` so the
@@ -9,13 +11,8 @@ OmniSafe's Jc) or, with ``cost_window_episodes=0``, ``env_runners/episode_cost_m
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import pathlib
-import shutil
-import uuid
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPO
@@ -34,126 +31,32 @@ from ray.rllib.utils.metrics import (
 )
 
 from rllib_kfcpo.env_data import MissingCostError, NonFiniteEnvDataError
-from rllib_kfcpo.rllib_seam import checkpoint_class_name, dead_learner_actors
+from rllib_kfcpo.rllib_seam import dead_learner_actors
+from rllib_kfcpo.safe.checkpoints import (
+    CHECKPOINT_FORMAT_VERSION,
+    META_ALGORITHM,
+    META_FORMAT_VERSION,
+    check_checkpoint_compatible,
+    is_local_path,
+    save_atomically,
+)
 from rllib_kfcpo.safe.columns import (
     EPISODE_COST_FOR_LEARNER,
     EPISODE_COST_MEAN,
     EPISODE_COST_WINDOW_MEAN,
 )
 from rllib_kfcpo.safe.episode_cost import EpisodeCostWindow
+from rllib_kfcpo.safe.resources import check_cluster_resources
 from rllib_kfcpo.safe.validation import check_env_emits_cost
 
 logger = logging.getLogger(__name__)
 
-#: Version of the checkpoint layout written by this package (algorithm metadata and the
-#: learners' ``safe_state``). Bump it when either changes incompatibly.
-CHECKPOINT_FORMAT_VERSION = 1
-#: Keys added to every safe algorithm's checkpoint ``metadata.json``.
-META_ALGORITHM = "rllib_kfcpo_algorithm"
-META_FORMAT_VERSION = "rllib_kfcpo_format_version"
-#: Set to 1 to skip the cluster-resource check (e.g. on an autoscaling cluster).
-SKIP_RESOURCE_CHECK_ENV = "RLLIB_KFCPO_SKIP_RESOURCE_CHECK"
 #: Algorithm-state key of the episode-cost window (restored with the checkpoint).
 STATE_COST_WINDOW = "safe_episode_cost_window"
 
 
-class ClusterResourceError(ValueError):
-    """The config asks for more CPUs/GPUs than the running Ray cluster has."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint written by another algorithm or an incompatible format version."""
-
-
 class LearnerFailureError(RuntimeError):
     """A learner actor died during an update."""
-
-
-def check_cluster_resources(config: Any, *, include_main_process: bool = False) -> None:
-    """Raises :class:`ClusterResourceError` if the running Ray cluster cannot host ``config``.
-
-    Counts CPUs of env runners and learners (and the Tune trial's own process when
-    ``include_main_process``) and GPUs of learners against ``ray.cluster_resources()``.
-    Does nothing while Ray is not running, or when ``RLLIB_KFCPO_SKIP_RESOURCE_CHECK=1``
-    (autoscaling clusters add nodes on demand).
-    """
-    import ray
-
-    if not ray.is_initialized() or os.environ.get(SKIP_RESOURCE_CHECK_ENV) == "1":
-        return
-    total = ray.cluster_resources()
-    have_cpus, have_gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
-    num_learners = int(config.num_learners or 0)
-    gpus_per_learner = float(config.num_gpus_per_learner or 0)
-    cpus_per_learner = config.num_cpus_per_learner
-    if cpus_per_learner == "auto":
-        cpus_per_learner = 0 if gpus_per_learner else 1
-    need_gpus = gpus_per_learner * max(num_learners, 1)
-    learner_cpus = float(cpus_per_learner) * num_learners
-    runner_cpus = float(config.num_cpus_per_env_runner or 0) * int(config.num_env_runners or 0)
-    main_cpus = float(config.num_cpus_for_main_process or 0) if include_main_process else 0.0
-    need_cpus = learner_cpus + runner_cpus + main_cpus
-    skip = f"(set {SKIP_RESOURCE_CHECK_ENV}=1 to skip this check on an autoscaling cluster)"
-    if need_gpus > have_gpus:
-        raise ClusterResourceError(
-            f"learners(num_learners={num_learners}, num_gpus_per_learner={gpus_per_learner:g})"
-            f" needs {need_gpus:g} GPU(s), but the Ray cluster has {have_gpus:g}. Lower "
-            f"num_learners or num_gpus_per_learner (0 trains on CPU) {skip}."
-        )
-    if need_cpus > have_cpus:
-        raise ClusterResourceError(
-            f"learners(num_learners={num_learners}) and env_runners(num_env_runners="
-            f"{config.num_env_runners}) need {need_cpus:g} CPUs ({learner_cpus:g} for learners, "
-            f"{runner_cpus:g} for env runners"
-            + (f", {main_cpus:g} for the trial" if main_cpus else "")
-            + f"), but the Ray cluster has {have_cpus:g}. Lower num_learners or "
-            f"num_env_runners so the total is at most {have_cpus:g} {skip}."
-        )
-
-
-def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata (``rllib_checkpoint.json``) of a local algorithm checkpoint ({} if none)."""
-    file = pathlib.Path(path) / PPO.METADATA_FILE_NAME
-    if not file.is_file():
-        return {}
-    try:
-        return json.loads(file.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def check_checkpoint_compatible(path: str | os.PathLike, algorithm: type) -> None:
-    """Raises :class:`CheckpointMismatchError` if ``path`` cannot be restored as ``algorithm``.
-
-    The checkpoint's algorithm must be ``algorithm`` or one of its base classes, and its
-    format version this package's. Checkpoints written before the version was recorded
-    (no ``rllib_kfcpo_*`` metadata) are checked by the class RLlib stored with them. Only
-    local paths are checked (cloud URIs are left to RLlib).
-    """
-    if "://" in str(path) or not pathlib.Path(path).is_dir():
-        return
-    name = algorithm.__name__
-    accepted = {c.__name__ for c in algorithm.__mro__
-                if isinstance(c, type) and issubclass(c, SafeAlgorithm)}
-    meta = read_checkpoint_metadata(path)
-    written_by = meta.get(META_ALGORITHM)
-    version = meta.get(META_FORMAT_VERSION, CHECKPOINT_FORMAT_VERSION)
-    if written_by is None:  # older checkpoint, or not one of ours
-        written_by = checkpoint_class_name(path)
-        if written_by is None:
-            return
-    if written_by not in accepted:
-        raise CheckpointMismatchError(
-            f"Checkpoint {str(path)!r} was written by {written_by}, not {name}: its "
-            f"learner and optimizer state do not fit {name}. Restore it as {written_by} "
-            f"(Algorithm.from_checkpoint(path)) or start {name} from scratch."
-        )
-    if version != CHECKPOINT_FORMAT_VERSION:
-        raise CheckpointMismatchError(
-            f"Checkpoint {str(path)!r} has rllib_kfcpo format version {version!r}; this "
-            f"rllib_kfcpo reads version {CHECKPOINT_FORMAT_VERSION}. Restore it with the "
-            "rllib_kfcpo release that wrote it."
-        )
 
 
 def _sample_on_runner(runner: Any) -> tuple[Any, Any, BaseException | None]:
@@ -162,10 +65,6 @@ def _sample_on_runner(runner: Any) -> tuple[Any, Any, BaseException | None]:
         return runner.sample(), runner.get_metrics(), None
     except (MissingCostError, NonFiniteEnvDataError) as err:
         return None, None, err
-
-
-def _is_local_path(path: Any, filesystem: Any) -> bool:
-    return filesystem is None and path is not None and "://" not in str(path)
 
 
 class SafeAlgorithm(PPO):
@@ -221,19 +120,11 @@ class SafeAlgorithm(PPO):
         once complete, so a crash mid-save leaves the previous checkpoint at ``path`` intact
         and no partial checkpoint behind (the temporary directory is removed on errors).
         """
-        if not _is_local_path(path, filesystem):
+        if not is_local_path(path, filesystem):
             return super().save_to_path(path, state=state, filesystem=filesystem,
                                         use_msgpack=use_msgpack)
-        target = pathlib.Path(path).absolute()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            super().save_to_path(str(tmp), state=state, use_msgpack=use_msgpack)
-            _replace_dir(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return str(target)
+        return save_atomically(path, lambda tmp: super(SafeAlgorithm, self).save_to_path(
+            tmp, state=state, use_msgpack=use_msgpack))
 
     @override(PPO)
     def restore_from_path(self, path: Any, *args: Any, **kwargs: Any) -> None:
@@ -244,7 +135,7 @@ class SafeAlgorithm(PPO):
     @classmethod
     @override(PPO)
     def from_checkpoint(cls, path: Any, filesystem: Any = None, **kwargs: Any) -> Any:
-        if cls is not SafeAlgorithm and _is_local_path(path, filesystem):
+        if cls is not SafeAlgorithm and is_local_path(path, filesystem):
             check_checkpoint_compatible(path, cls)
         return super().from_checkpoint(path, filesystem=filesystem, **kwargs)
 
@@ -358,19 +249,3 @@ class SafeAlgorithm(PPO):
                 "shuffle_batch_per_epoch": self.config.shuffle_batch_per_epoch}
 
 
-def _replace_dir(new: pathlib.Path, target: pathlib.Path) -> None:
-    """Moves the complete directory ``new`` to ``target`` (same filesystem).
-
-    An absent or empty ``target`` is replaced by one atomic ``rename``. A non-empty one is
-    first renamed aside and deleted only after ``new`` is in place, so at every moment a
-    complete checkpoint exists at ``target`` or at the hidden ``.old-`` sibling.
-    """
-    if target.is_dir() and not any(target.iterdir()):
-        target.rmdir()
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)

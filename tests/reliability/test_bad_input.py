@@ -20,12 +20,9 @@ from rllib_kfcpo.algorithms.ppo_lag.ppo_lag import PPOLag
 from rllib_kfcpo.cli.main import main
 from rllib_kfcpo.env_data import MissingCostError, NonFiniteEnvDataError
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV
-from rllib_kfcpo.safe.algorithm import (
-    META_FORMAT_VERSION,
-    CheckpointMismatchError,
-    ClusterResourceError,
-)
+from rllib_kfcpo.safe.checkpoints import META_FORMAT_VERSION, CheckpointMismatchError
 from rllib_kfcpo.safe.learner import COMPONENT_SAFE_STATE, LearnerStateMismatchError
+from rllib_kfcpo.safe.resources import ClusterResourceError
 from tests.reliability import envs as bad_envs
 
 

@@ -39,7 +39,9 @@ def iterations(lines: list[str]) -> list[tuple[int, int]]:
     for line in lines:
         if line.startswith("iter "):
             fields = [f.split() for f in line.split("|")]
-            out.append((int(fields[0][1]), int(fields[1][1].replace(",", ""))))
+            # `iter 3/6 | steps 600 | ...` with an iteration stop (progress against it).
+            out.append((int(fields[0][1].split("/")[0]),
+                        int(fields[1][1].split("/")[0].replace(",", ""))))
     return out
 
 
