@@ -116,9 +116,11 @@ def run_record(trial: dict, *, env: str, algo: str, seed: int, limit: float,
     iterations of ``max(0, cost - limit)`` (safety during training, not only at the end).
     """
     returns, costs = np.asarray(trial["return"]), np.asarray(trial["cost"])
+    steps = np.asarray(trial["steps"])
     tail = max(1, math.ceil(FINAL_SHARE * len(returns)))
     return {
-        "env": env, "algo": algo, "seed": seed, "steps": int(np.nanmax(trial["steps"])),
+        "env": env, "algo": algo, "seed": seed,
+        "steps": int(np.nanmax(steps)) if np.isfinite(steps).any() else 0,
         "final_return": float(np.nanmean(returns[-tail:])),
         "final_cost": float(np.nanmean(costs[-tail:])),
         "mean_violation": float(np.nanmean(np.maximum(0.0, np.nan_to_num(costs) - limit))),
@@ -232,10 +234,15 @@ def run_headline(args: argparse.Namespace, base_config: dict, records_path: Path
             records = load_records(records_path)
             for trial in trials:
                 seed = int(json.loads((Path(trial["dir"]) / "params.json").read_text())["seed"])
+                record = run_record(trial, env=env, algo=algo, seed=seed, limit=limit,
+                                    wall_s=wall)
+                if record["steps"] < steps:  # interrupted: resumed when run again
+                    print(f"== {env} {algo} seed {seed}: unfinished at {record['steps']:,} "
+                          f"of {steps:,} steps, not recorded", flush=True)
+                    continue
                 records = [r for r in records
                            if (r["env"], r["algo"], r["seed"]) != (env, algo, seed)]
-                records.append(run_record(trial, env=env, algo=algo, seed=seed, limit=limit,
-                                          wall_s=wall))
+                records.append(record)
             save_records(records_path, records)
         if any(env_dir.rglob("progress.csv")):
             png = records_path.parent / f"headline_{env.replace('/', '_')}.png"
