@@ -18,13 +18,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from rllib_kfcpo.env_data import NonFiniteEnvDataError, check_finite_step, read_step_cost
+from rllib_kfcpo.env_data import check_finite_step, read_step_cost
 from rllib_kfcpo.envs import fast_obs, fast_reset
 from rllib_kfcpo.envs.compat import applied_fixes, import_safety_gymnasium
 
 __all__ = [
     "BOOL_OPTIONS",
-    "NonFiniteEnvOutputError",
     "SafetyGymnasiumEnv",
     "applied_fixes",
     "import_safety_gymnasium",
@@ -35,7 +34,6 @@ __all__ = [
 
 
 #: The same error the env runners raise for any env's NaN/inf data (one class to catch).
-NonFiniteEnvOutputError = NonFiniteEnvDataError
 
 
 class SafetyGymnasiumEnv(gym.Wrapper):
@@ -43,7 +41,7 @@ class SafetyGymnasiumEnv(gym.Wrapper):
 
     ``step`` returns ``(obs, reward, terminated, truncated, info)`` with the step's cost in
     ``info["cost"]``; episodes are truncated after ``max_episode_steps``; non-finite
-    observations, rewards or costs raise :class:`NonFiniteEnvOutputError`.
+    observations, rewards or costs raise :class:`rllib_kfcpo.env_data.NonFiniteEnvDataError`.
     """
 
     #: Every step is checked here, so RLlib's per-step callback need not check it again.
@@ -177,9 +175,3 @@ def register_safety_envs() -> None:
     for env_id in safety_task_ids():
         register_env(env_id, functools.partial(_creator, env_id))
     add_known_env_ids(safety_task_ids())
-
-
-def __getattr__(name: str) -> Any:
-    if name == "SAFETY_TASK_IDS":
-        return list(safety_task_ids())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

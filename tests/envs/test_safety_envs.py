@@ -11,8 +11,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from rllib_kfcpo.env_data import NonFiniteEnvDataError
 from rllib_kfcpo.envs import (
-    NonFiniteEnvOutputError,
     SafetyGymnasiumEnv,
     applied_fixes,
     make_safety_env,
@@ -142,7 +142,7 @@ def test_non_finite_env_output_is_caught_with_env_id_and_step(what):
     env.reset()
     env.step(np.zeros(1, np.float32))
     env.step(np.zeros(1, np.float32))
-    with pytest.raises(NonFiniteEnvOutputError, match=r"'MyNanTask-v0'.*step 3"):
+    with pytest.raises(NonFiniteEnvDataError, match=r"'MyNanTask-v0'.*step 3"):
         env.step(np.zeros(1, np.float32))
 
 
