@@ -262,6 +262,33 @@ ALGO_SETTINGS = {
 }
 
 
+def summarise_runs(root: Path, limit: float = 25.0) -> dict[str, dict]:
+    """Headline-style records (:func:`run_record`) of every run below ``root``, by variant.
+
+    For sweeps stopped before their budget too: ``steps`` says how far each run got.
+    """
+    from rllib_kfcpo.cli.plot import collect
+
+    out = {}
+    for name, trials in sorted(collect([root]).items()):
+        runs = []
+        for trial in trials:
+            seed = json.loads((Path(trial["dir"]) / "params.json").read_text()).get("seed")
+            runs.append(run_record(trial, env="", algo=name, seed=seed, limit=limit,
+                                   wall_s=math.nan))
+        returns = [r["final_return"] for r in runs]
+        costs = [r["final_cost"] for r in runs]
+        out[name] = {"runs": runs, "return_mean": float(np.mean(returns)),
+                     "return_std": float(np.std(returns)), "cost_mean": float(np.mean(costs)),
+                     "cost_max": float(np.max(costs)),
+                     "violation_mean": float(np.mean([r["mean_violation"] for r in runs]))}
+        print(f"{name:>32} | steps {min(r['steps'] for r in runs):>9,} | return "
+              f"{out[name]['return_mean']:6.2f} +- {out[name]['return_std']:5.2f} | cost "
+              f"{out[name]['cost_mean']:6.1f} (max {out[name]['cost_max']:6.1f}) | violation "
+              f"{out[name]['violation_mean']:6.1f} | seeds {[r['seed'] for r in runs]}")
+    return out
+
+
 def main() -> None:
     """Parses the arguments, trains every variant, prints and writes the table."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -295,10 +322,20 @@ def main() -> None:
                              f"{list(HEADLINE_ALGOS)} (default: PPOLag,KFCPO; --headline: all)")
     parser.add_argument("--records", default=str(HEADLINE_FILE),
                         help="--headline: the JSON file of finished runs")
+    parser.add_argument("--summarise", default=None, metavar="DIR",
+                        help="print (and with --records write) the final return/cost of "
+                             "every run below DIR (an --out of an earlier run), then exit")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default="bench_results/learning")
     args = parser.parse_args()
 
+    if args.summarise:
+        table = summarise_runs(Path(args.summarise) / "SafetyPointGoal1-v0"
+                               if (Path(args.summarise) / "SafetyPointGoal1-v0").is_dir()
+                               else Path(args.summarise))
+        if args.records != str(HEADLINE_FILE):
+            Path(args.records).write_text(json.dumps(table, indent=1))
+        return
     import ray
 
     import rllib_kfcpo  # noqa: F401  (registers envs and algorithms)
