@@ -101,3 +101,20 @@ def assert_nested_equal(a: Any, b: Any, path: str = "") -> None:
         assert isinstance(b, float) and math.isnan(b), path
     else:
         assert a == b, (path, a, b)
+
+
+def small_toy_config(config_cls: type, *, num_env_runners: int = 1,
+                     rollout_fragment_length: int = 200, **learners: Any) -> Any:
+    """A safe algorithm's config on the action-cost toy env: batch 400, minibatch 100,
+    2 epochs, cost limit 5, seed 0; ``learners`` go to ``.learners(...)``."""
+    from rllib_kfcpo.envs.toy import ACTION_COST_ENV
+
+    return (
+        config_cls()
+        .environment(ACTION_COST_ENV)
+        .env_runners(num_env_runners=num_env_runners,
+                     rollout_fragment_length=rollout_fragment_length)
+        .learners(**learners)
+        .training(train_batch_size=400, minibatch_size=100, num_epochs=2, cost_limit=5.0)
+        .debugging(seed=0)
+    )

@@ -9,19 +9,17 @@ from ray.rllib.algorithms.algorithm import Algorithm
 
 from rllib_kfcpo import CPOConfig
 from rllib_kfcpo.algorithms.cpo import metrics as M
-from rllib_kfcpo.envs.toy import ACTION_COST_ENV
-from tests.helpers import assert_same_weights, learner_weights, results, toy_episodes
+from tests.helpers import (
+    assert_same_weights,
+    learner_weights,
+    results,
+    small_toy_config,
+    toy_episodes,
+)
 
 
 def small_config(**learners) -> CPOConfig:
-    return (
-        CPOConfig()
-        .environment(ACTION_COST_ENV)
-        .env_runners(num_env_runners=1, rollout_fragment_length=200)
-        .learners(**learners)
-        .training(train_batch_size=400, minibatch_size=100, num_epochs=2, cost_limit=5.0)
-        .debugging(seed=0)
-    )
+    return small_toy_config(CPOConfig, **learners)
 
 
 def test_two_learners_take_the_same_step(ray_local):

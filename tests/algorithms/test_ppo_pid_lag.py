@@ -5,20 +5,12 @@ from __future__ import annotations
 from ray.rllib.algorithms.algorithm import Algorithm
 
 from rllib_kfcpo import PPOPIDLagConfig
-from rllib_kfcpo.envs.toy import ACTION_COST_ENV
 from rllib_kfcpo.safe.pid_lagrange import PIDLagrangian
-from tests.helpers import assert_same_weights, learner_weights, results
+from tests.helpers import assert_same_weights, learner_weights, results, small_toy_config
 
 
 def small_config(**learners) -> PPOPIDLagConfig:
-    return (
-        PPOPIDLagConfig()
-        .environment(ACTION_COST_ENV)
-        .env_runners(num_env_runners=1, rollout_fragment_length=200)
-        .learners(**learners)
-        .training(train_batch_size=400, minibatch_size=100, num_epochs=2, cost_limit=5.0)
-        .debugging(seed=0)
-    )
+    return small_toy_config(PPOPIDLagConfig, **learners)
 
 
 def pid_states(algo) -> list[dict]:

@@ -6,25 +6,19 @@ import numpy as np
 from ray.rllib.algorithms.algorithm import Algorithm
 
 from rllib_kfcpo import PPOLagConfig
-from rllib_kfcpo.envs.toy import ACTION_COST_ENV
 from tests.helpers import (
     assert_nested_equal,
     assert_same_weights,
     filter_state,
     learner_weights,
     results,
+    small_toy_config,
 )
 
 
 def small_config(**learners) -> PPOLagConfig:
-    return (
-        PPOLagConfig()
-        .environment(ACTION_COST_ENV)
-        .env_runners(num_env_runners=2, rollout_fragment_length=100)
-        .learners(**learners)
-        .training(train_batch_size=400, minibatch_size=100, num_epochs=2, cost_limit=5.0)
-        .debugging(seed=0)
-    )
+    return small_toy_config(PPOLagConfig, num_env_runners=2, rollout_fragment_length=100,
+                            **learners)
 
 
 def test_two_learners_hold_identical_weights_and_multiplier(ray_local):
