@@ -67,8 +67,9 @@ def variants(ablations: bool, extra: list[str] = (),
     """Variant name -> (algorithm, config overrides).
 
     ``algos`` run with their defaults, under their own names; ``extra`` entries are
-    ``NAME=JSON`` KFCPO variants (``'KFCPO-t03={"margin_temperature": 0.3}'``); ``only``
-    keeps the named variants, run in that order (all when None).
+    ``NAME=JSON`` KFCPO variants (``'KFCPO-t03={"margin_temperature": 0.3}'``) or
+    ``ALGO:NAME=JSON`` variants of another algorithm (``'PPOLag:PPO-free={"cost_limit":
+    1e9}'``); ``only`` keeps the named variants, run in that order (all when None).
     """
     unknown = sorted(set(algos) - set(HEADLINE_ALGOS))
     if unknown:
@@ -79,14 +80,20 @@ def variants(ablations: bool, extra: list[str] = (),
         out.update({name: ("KFCPO", cfg) for name, cfg in ABLATIONS.items()})
     for entry in extra:
         name, sep, overrides = entry.partition("=")
+        algo, colon, bare = name.partition(":")
+        algo, name = (algo, bare) if colon else ("KFCPO", name)
+        if algo not in HEADLINE_ALGOS:
+            raise SystemExit(f"--variant {entry!r} names an unknown algorithm {algo!r}; "
+                             f"known: {list(HEADLINE_ALGOS)}.")
         try:
             parsed = json.loads(overrides) if sep else None
         except json.JSONDecodeError:
             parsed = None
         if not name or not isinstance(parsed, dict):
-            raise SystemExit(f"--variant {entry!r} is invalid: use NAME='{{\"key\": value}}' "
-                             "(a JSON object of KFCPO settings).")
-        out[name] = ("KFCPO", parsed)
+            raise SystemExit(f"--variant {entry!r} is invalid: use [ALGO:]NAME='{{\"key\": "
+                             "value}' (a JSON object of the algorithm's settings; ALGO "
+                             "defaults to KFCPO).")
+        out[name] = (algo, parsed)
     if only is not None:
         unknown = sorted(set(only) - set(out))
         if unknown:
@@ -308,7 +315,8 @@ def main() -> None:
                         help="Ray logical CPUs (default: enough for every seed at once)")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--variant", action="append", default=[],
-                        help="extra KFCPO variant NAME='{\"setting\": value}' (repeatable)")
+                        help="extra variant [ALGO:]NAME='{\"setting\": value}' (ALGO: KFCPO "
+                             "unless given; repeatable)")
     parser.add_argument("--only", default=None,
                         help="comma-separated variant names to run (default: all)")
     parser.add_argument("--full", action="store_true",
