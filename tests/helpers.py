@@ -118,3 +118,39 @@ def small_toy_config(config_cls: type, *, num_env_runners: int = 1,
         .training(train_batch_size=400, minibatch_size=100, num_epochs=2, cost_limit=5.0)
         .debugging(seed=0)
     )
+
+
+def cartpole_episodes(n: int = 6, *, episode_len: int = 40, seed: int = 0) -> list[Any]:
+    """``n`` real CartPoleCostEnv episodes (Discrete(2)) with uniformly random actions, as
+    if sampled by a categorical policy with zero logits (log-prob log(1/2) each)."""
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    from rllib_kfcpo.envs.toy import CartPoleCostEnv
+
+    env = CartPoleCostEnv({"episode_len": episode_len})
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for i in range(n):
+        obs, info = env.reset(seed=seed + i)
+        observations, actions, rewards, infos = [obs], [], [], [info]
+        terminated = truncated = False
+        while not (terminated or truncated):
+            action = int(rng.integers(2))
+            obs, reward, terminated, truncated, info = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            infos.append(info)
+        length = len(actions)
+        episodes.append(SingleAgentEpisode(
+            observation_space=env.observation_space, action_space=env.action_space,
+            observations=observations, actions=actions, rewards=rewards, infos=infos,
+            terminated=terminated, truncated=truncated and not terminated,
+            len_lookback_buffer=0,
+            extra_model_outputs={
+                Columns.ACTION_DIST_INPUTS: [np.zeros(2, np.float32)] * length,
+                Columns.ACTION_LOGP: [np.float32(np.log(0.5))] * length,
+            },
+        ))
+    return episodes

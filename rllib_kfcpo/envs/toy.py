@@ -4,10 +4,14 @@
   episode cost of an episode of ``episode_len`` steps is known in closed form.
 - ``ActionCostEnv``: reward ``a`` and cost ``1[a > 0]`` for a 1-D action ``a`` in
   [-1, 1]: reward and cost conflict, and the cost is controlled by the action.
+- ``CartPoleCostEnv``: gymnasium's CartPole (``Discrete(2)`` actions) with cost 1 for
+  every step that ends with the cart farther than ``cost_threshold`` from the centre: a
+  cost-annotated classic-control env with discrete actions.
 
-Both truncate at ``episode_len`` steps (``terminate_at`` makes KnownCostEnv terminate
-instead) and put the cost in ``info["cost"]``. Registered with Tune as
-``rllib_kfcpo/KnownCost-v0`` and ``rllib_kfcpo/ActionCost-v0``.
+They truncate at ``episode_len`` steps (``terminate_at`` makes KnownCostEnv terminate
+instead; CartPole also terminates when the pole falls) and put the cost in
+``info["cost"]``. Registered with Tune as ``rllib_kfcpo/KnownCost-v0``,
+``rllib_kfcpo/ActionCost-v0`` and ``rllib_kfcpo/CartPoleCost-v0``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 
 KNOWN_COST_ENV = "rllib_kfcpo/KnownCost-v0"
 ACTION_COST_ENV = "rllib_kfcpo/ActionCost-v0"
+CARTPOLE_COST_ENV = "rllib_kfcpo/CartPoleCost-v0"
 
 
 def known_cost(t: int, cost_scale: float = 0.5) -> float:
@@ -87,9 +92,43 @@ class ActionCostEnv(gym.Env):
         return self._obs(), a, False, self.t >= self.episode_len, {"cost": float(a > 0)}
 
 
+class CartPoleCostEnv(gym.Wrapper):
+    """CartPole-v1 with a position cost: ``info["cost"] = 1[|x| > cost_threshold]``.
+
+    The reward is CartPole's (1 per step the pole stays up), so a longer episode is a
+    better one; the cost charges every step the cart spends away from the centre. A
+    policy that balances the pole while drifting pays a cost that grows with the episode;
+    keeping the cart near the centre keeps both. ``env_config``: ``episode_len``
+    (truncation, default 200) and ``cost_threshold`` (default 0.5; the episode
+    terminates at |x| > 2.4).
+    """
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        config = dict(config or {})
+        self.episode_len = int(config.get("episode_len", 200))
+        self.cost_threshold = float(config.get("cost_threshold", 0.5))
+        from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+        super().__init__(CartPoleEnv())
+        self.t = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: D102
+        self.t = 0
+        obs, info = self.env.reset(seed=seed, options=options)
+        return obs, {**info, "cost": 0.0}
+
+    def step(self, action):  # noqa: D102
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.t += 1
+        cost = float(abs(float(obs[0])) > self.cost_threshold)
+        return obs, reward, terminated, truncated or self.t >= self.episode_len, {
+            **info, "cost": cost}
+
+
 def register_toy_envs() -> None:
-    """Registers both toy envs with Ray Tune (idempotent)."""
+    """Registers the toy envs with Ray Tune (idempotent)."""
     from ray.tune.registry import register_env
 
     register_env(KNOWN_COST_ENV, lambda cfg: KnownCostEnv(dict(cfg)))
     register_env(ACTION_COST_ENV, lambda cfg: ActionCostEnv(dict(cfg)))
+    register_env(CARTPOLE_COST_ENV, lambda cfg: CartPoleCostEnv(dict(cfg)))

@@ -1,17 +1,26 @@
-"""RL module shared by all safe algorithms: Gaussian policy, reward critic, cost critic.
+"""RL module shared by all safe algorithms: policy, reward critic, cost critic.
 
 Three separate MLPs (no shared layers, as in OmniSafe): ``pi`` maps an observation to the
-mean of a diagonal Gaussian whose log standard deviation is a state-independent
-parameter; ``vf`` predicts the reward value; ``cvf`` predicts the cost value. The critics
-are training-only: env runners build the module with ``inference_only=True`` and never
-hold them.
+policy's distribution inputs; ``vf`` predicts the reward value; ``cvf`` predicts the cost
+value. The critics are training-only: env runners build the module with
+``inference_only=True`` and never hold them.
+
+The policy depends on the action space (``rllib_kfcpo.action_spaces``):
+
+- ``Box``: ``pi`` gives the mean of a diagonal Gaussian whose log standard deviation is a
+  state-independent parameter ``log_std`` (RLlib's ``TorchDiagGaussian``);
+- ``Discrete(n)``: ``pi`` gives the ``n`` logits of a categorical distribution (RLlib's
+  ``TorchCategorical``); there is no ``log_std`` (the attribute is ``None``).
+
+Any other action space is refused with one clear error.
 
 Model config keys (``RLModuleSpec(model_config=...)`` or ``config.rl_module``):
 
 - ``fcnet_hiddens`` (default ``[64, 64]``): hidden layer widths of all three networks.
 - ``fcnet_activation`` (default ``"tanh"``): ``"tanh"``, ``"relu"`` or ``"elu"``.
-- ``log_std_init`` (default ``-0.5``): initial log standard deviation of the policy.
-- ``policy_output_gain`` (default ``0.01``): orthogonal-init gain of the mean head.
+- ``log_std_init`` (default ``-0.5``): initial log standard deviation of a Gaussian policy.
+- ``policy_output_gain`` (default ``0.01``): orthogonal-init gain of the policy head (mean
+  or logits; small: a near-uniform categorical, a near-zero mean).
 """
 
 from __future__ import annotations
@@ -20,17 +29,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+from ray.rllib.core.distribution.torch.torch_distribution import (
+    TorchCategorical,
+    TorchDiagGaussian,
+)
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI, ValueFunctionAPI
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from rllib_kfcpo.action_spaces import action_kind
 from rllib_kfcpo.rllib_seam import forward_without_mode_walk
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -74,23 +86,29 @@ def build_mlp(
 
 
 class SafeActorCriticTorchModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyAPI):
-    """Gaussian policy with separate reward and cost critics (see module docstring)."""
+    """Gaussian or categorical policy with separate reward and cost critics (see module
+    docstring)."""
+
+    #: The state-independent log-std of a Gaussian policy; ``None`` for a categorical one.
+    log_std: nn.Parameter | None
 
     @override(RLModule)
     def setup(self) -> None:
-        if not isinstance(self.action_space, gym.spaces.Box):
-            raise ValueError(
-                f"Safe algorithms in rllib_kfcpo support continuous (Box) action spaces "
-                f"only, but the env's action space is {self.action_space}. Use a "
-                "Safety-Gymnasium task or wrap your env so its actions are a Box."
-            )
+        #: ``"box"`` (Gaussian policy) or ``"discrete"`` (categorical policy).
+        self.action_kind = action_kind(self.action_space)
         cfg = {**DEFAULT_MODEL_CONFIG, **(self.model_config or {})}
         hidden = tuple(cfg["fcnet_hiddens"])
         obs_dim = int(np.prod(self.observation_space.shape))
-        act_dim = int(np.prod(self.action_space.shape))
-        self.pi = build_mlp(obs_dim, hidden, act_dim, cfg["fcnet_activation"],
+        if self.is_discrete:
+            out_dim = int(self.action_space.n)
+        else:
+            out_dim = int(np.prod(self.action_space.shape))
+        self.pi = build_mlp(obs_dim, hidden, out_dim, cfg["fcnet_activation"],
                             out_gain=float(cfg["policy_output_gain"]))
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(cfg["log_std_init"])))
+        if self.is_discrete:
+            self.log_std = None
+        else:
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(cfg["log_std_init"])))
         if not self.inference_only:
             self.vf = build_mlp(obs_dim, hidden, 1, cfg["fcnet_activation"], out_gain=1.0)
             self.cvf = build_mlp(obs_dim, hidden, 1, cfg["fcnet_activation"], out_gain=1.0)
@@ -135,13 +153,19 @@ class SafeActorCriticTorchModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyA
             return super().forward_inference(batch, **kwargs)
         return forward_without_mode_walk(self, batch, explore=False, **kwargs)
 
+    @property
+    def is_discrete(self) -> bool:
+        """True for a categorical policy over a ``Discrete`` action space."""
+        return self.action_kind == "discrete"
+
     @override(TorchRLModule)
-    def get_inference_action_dist_cls(self) -> type[TorchDiagGaussian]:
-        return TorchDiagGaussian
+    def get_inference_action_dist_cls(self) -> type[TorchDiagGaussian | TorchCategorical]:
+        return TorchCategorical if self.is_discrete else TorchDiagGaussian
 
     def policy_parameters(self) -> list[nn.Parameter]:
-        """The policy's parameters: the mean MLP's, then the log-std."""
-        return [*self.pi.parameters(), self.log_std]
+        """The policy's parameters: the policy MLP's, then the log-std (Gaussian only)."""
+        extra = [] if self.log_std is None else [self.log_std]
+        return [*self.pi.parameters(), *extra]
 
     def critic_parameters(self) -> list[nn.Parameter]:
         """The reward and cost critics' parameters."""
@@ -153,9 +177,12 @@ class SafeActorCriticTorchModule(TorchRLModule, ValueFunctionAPI, InferenceOnlyA
         return obs.reshape(*obs.shape[:1], -1).float()
 
     def action_dist_inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        """Concatenated ``[mean, log_std]`` as RLlib's diagonal Gaussian expects."""
-        mean = self.pi(obs)
-        return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)
+        """The action distribution's inputs: concatenated ``[mean, log_std]`` as RLlib's
+        diagonal Gaussian expects, or the categorical's logits."""
+        out = self.pi(obs)
+        if self.log_std is None:
+            return out
+        return torch.cat([out, self.log_std.expand_as(out)], dim=-1)
 
     @override(RLModule)
     def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from rllib_kfcpo.action_spaces import action_kind
 from rllib_kfcpo.env_data import read_step_cost
 from rllib_kfcpo.rllib_seam import registered_env_creator
 
@@ -61,11 +62,7 @@ def check_env_emits_cost(config: Any) -> None:
     """Builds one env, checks its spaces and that a step puts a finite cost in info."""
     env = make_env_from_config(config)
     try:
-        if not isinstance(env.action_space, gym.spaces.Box):
-            raise ValueError(
-                f"Env {config.env!r} has action space {env.action_space}; the safe "
-                "algorithms in rllib_kfcpo support continuous Box action spaces only."
-            )
+        action_kind(env.action_space, where=f" {config.env!r}")
         _, _ = env.reset(seed=0)
         action = np.asarray(env.action_space.sample())
         out = env.step(action)

@@ -20,7 +20,7 @@ NAN_REWARD_ENV = "reliability/NanReward-v0"
 NAN_OBS_ENV = "reliability/NanObs-v0"
 INF_COST_ENV = "reliability/InfCost-v0"
 NO_COST_ENV = "reliability/NoCost-v0"
-DISCRETE_ENV = "reliability/Discrete-v0"
+MULTI_DISCRETE_ENV = "reliability/MultiDiscrete-v0"
 NAN_RESET_ENV = "reliability/NanResetObs-v0"
 #: Step (1-based, as RLlib's episode.t counts) at which the faulty envs misbehave.
 BAD_STEP = 5
@@ -78,12 +78,12 @@ class NoCostEnv(ActionCostEnv):
         return obs, reward, terminated, truncated, {"other": 1}
 
 
-class DiscreteEnv(gym.Env):
-    """Discrete actions, with a cost: refused by the safe algorithms."""
+class MultiDiscreteEnv(gym.Env):
+    """MultiDiscrete actions, with a cost: refused by the safe algorithms."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
-        self.action_space = gym.spaces.Discrete(3)
+        self.action_space = gym.spaces.MultiDiscrete([2, 3])
 
     def reset(self, *, seed=None, options=None):  # noqa: D102
         super().reset(seed=seed)
@@ -98,7 +98,7 @@ def register() -> None:
     for name, cls in [(NAN_REWARD_ENV, NanRewardEnv), (NAN_OBS_ENV, NanObsEnv),
                       (INF_COST_ENV, InfCostEnv), (NO_COST_ENV, NoCostEnv),
                       (NAN_RESET_ENV, NanResetObsEnv),
-                      (DISCRETE_ENV, DiscreteEnv)]:
+                      (MULTI_DISCRETE_ENV, MultiDiscreteEnv)]:
         register_env(name, lambda cfg, _cls=cls: _cls(dict(cfg)))
 
 

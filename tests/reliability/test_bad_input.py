@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from rllib_kfcpo import CPOConfig, KFCPOConfig, PPOLagConfig, PPOPIDLagConfig
+from rllib_kfcpo.action_spaces import UnsupportedActionSpaceError
 from rllib_kfcpo.algorithms.kfcpo.kfcpo import KFCPO
 from rllib_kfcpo.algorithms.ppo_lag.ppo_lag import PPOLag
 from rllib_kfcpo.cli.main import main
@@ -159,10 +160,15 @@ def test_env_without_cost(ray_local):
     assert "'other'" in str(info.value)  # the keys the env did return
 
 
-def test_discrete_action_space(ray_local):
-    with pytest.raises(ValueError, match="continuous Box action spaces only") as info:
-        tiny(env=bad_envs.DISCRETE_ENV).build_algo()
-    assert "Discrete(3)" in str(info.value)
+def test_unsupported_action_space(ray_local):
+    """MultiDiscrete is refused on the driver before any worker starts, naming the env, the
+    space and what is supported (Discrete itself is supported: tests/algorithms/
+    test_discrete.py)."""
+    with pytest.raises(UnsupportedActionSpaceError, match="do not support") as info:
+        tiny(env=bad_envs.MULTI_DISCRETE_ENV).build_algo()
+    message = str(info.value)
+    assert bad_envs.MULTI_DISCRETE_ENV in message and "MultiDiscrete([2 3])" in message
+    assert "supported: Box" in message and "Discrete starting at 0" in message
 
 
 @pytest.mark.parametrize(("env", "runners", "what", "step"), [

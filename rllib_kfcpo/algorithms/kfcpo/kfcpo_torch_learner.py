@@ -41,6 +41,7 @@ from torch import nn
 from rllib_kfcpo.algorithms.kfcpo import metrics as M
 from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     blend,
+    categorical_fisher_gram,
     combine_directions,
     cost_margin,
     cost_requirement,
@@ -70,6 +71,16 @@ KL_RATIO_EMA = 0.2
 KL_RATIO_RANGE = (0.25, 20.0)
 
 
+def exact_fisher_gram(module: Any, params: Sequence[nn.Parameter],
+                      directions: Sequence[Sequence[torch.Tensor]], obs: torch.Tensor,
+                      mask: torch.Tensor | None) -> torch.Tensor:
+    """The exact Fisher Gram of ``directions`` for the module's policy: Gaussian
+    (:func:`gaussian_fisher_gram`) or categorical (:func:`categorical_fisher_gram`)."""
+    if module.log_std is None:
+        return categorical_fisher_gram(module.pi, params, directions, obs, mask)
+    return gaussian_fisher_gram(module.pi, module.log_std, params, directions, obs, mask)
+
+
 def _distributed() -> bool:
     return (torch.distributed.is_available() and torch.distributed.is_initialized()
             and torch.distributed.get_world_size() > 1)
@@ -94,9 +105,12 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
             cfg = self.config.get_config_for_module(module_id)
+            # A Gaussian's log-std is one exact diagonal block; a categorical policy has
+            # only the logits network (its softmax Fisher enters through the score).
+            diagonal = [] if module.log_std is None else [(module.log_std, LOG_STD_FISHER)]
             self.kfac[module_id] = KFACPreconditioner(
                 [m for m in module.pi.modules() if isinstance(m, nn.Linear)],
-                [(module.log_std, LOG_STD_FISHER)],
+                diagonal,
                 damping=cfg.kfac_damping,
                 decay=cfg.kfac_decay,
                 burn_in=cfg.kfac_burn_in,
@@ -150,8 +164,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             n_reward, n_cost = g_reward, g_cost
             gram = gram_matrix([g_reward, g_cost], euclidean_inner)
         if cfg.step_metric == "exact":  # the exact Fisher restricted to span(n_r, n_c)
-            gram = gaussian_fisher_gram(module.pi, module.log_std, kfac.params,
-                                        [n_reward, n_cost], obs, batch.get(Columns.LOSS_MASK))
+            gram = exact_fisher_gram(module, kfac.params, [n_reward, n_cost], obs,
+                                     batch.get(Columns.LOSS_MASK))
             all_reduce_mean_([gram])
 
         # Step 4: margin-aware weights from Jc and the limit.

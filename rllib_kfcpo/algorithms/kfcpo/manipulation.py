@@ -214,6 +214,40 @@ def solve_span_trust_region(
     return coeffs, info
 
 
+def _output_tangents(network: torch.nn.Module, params: Sequence[torch.Tensor],
+                     directions: Sequence[Direction],
+                     obs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``network(obs)`` and, per direction ``d``, the directional derivative ``J d`` of the
+    output (one forward-mode Jacobian-vector product each, ``torch.func.jvp``).
+
+    Parameters of ``network`` are looked up in ``params`` by identity; those missing from
+    ``params`` get a zero tangent.
+    """
+    named = dict(network.named_parameters())
+    primals = {name: p.detach() for name, p in named.items()}
+    position = {id(p): i for i, p in enumerate(params)}
+    output, tangents_out = None, []
+    for direction in directions:
+        tangents = {name: (direction[position[id(p)]].detach() if id(p) in position
+                           else torch.zeros_like(p)) for name, p in named.items()}
+        output, d_out = torch.func.jvp(
+            lambda weights: torch.func.functional_call(network, weights, (obs,)),
+            (primals,), (tangents,))
+        tangents_out.append(d_out)
+    if output is None:
+        with torch.no_grad():
+            output = network(obs)
+    return output.detach(), tangents_out
+
+
+def _row_weights(obs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """float64 weights of a mean over the real rows (all rows without a mask)."""
+    rows = obs.shape[0]
+    weights = (torch.ones(rows, dtype=torch.float64, device=obs.device) if mask is None
+               else mask.detach().to(torch.float64))
+    return weights / weights.sum().clamp_min(1e-12)
+
+
 def gaussian_fisher_gram(network: torch.nn.Module, log_std: torch.Tensor,
                          params: Sequence[torch.Tensor], directions: Sequence[Direction],
                          obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -237,24 +271,12 @@ def gaussian_fisher_gram(network: torch.nn.Module, log_std: torch.Tensor,
     Returns:
         The ``(K, K)`` float64 Gram matrix.
     """
-    named = dict(network.named_parameters())
-    primals = {name: p.detach() for name, p in named.items()}
+    _, mean_tangents = _output_tangents(network, params, directions, obs)
     position = {id(p): i for i, p in enumerate(params)}
+    std_tangents = [direction[position[id(log_std)]].detach() if id(log_std) in position
+                    else torch.zeros_like(log_std) for direction in directions]
     inv_var = torch.exp(-2.0 * log_std.detach())
-    mean_tangents, std_tangents = [], []
-    for direction in directions:
-        tangents = {name: (direction[position[id(p)]].detach() if id(p) in position
-                           else torch.zeros_like(p)) for name, p in named.items()}
-        _, d_mean = torch.func.jvp(
-            lambda weights: torch.func.functional_call(network, weights, (obs,)),
-            (primals,), (tangents,))
-        mean_tangents.append(d_mean)
-        std_tangents.append(direction[position[id(log_std)]].detach() if id(log_std) in position
-                            else torch.zeros_like(log_std))
-    rows = obs.shape[0]
-    weights = (torch.ones(rows, dtype=torch.float64, device=obs.device) if mask is None
-               else mask.detach().to(torch.float64))
-    weights = weights / weights.sum().clamp_min(1e-12)
+    weights = _row_weights(obs, mask)
     count = len(directions)
     gram = torch.zeros(count, count, dtype=torch.float64)
     for k in range(count):
@@ -263,3 +285,41 @@ def gaussian_fisher_gram(network: torch.nn.Module, log_std: torch.Tensor,
             value = (per_row * weights).sum() + 2.0 * (std_tangents[k] * std_tangents[j]).sum()
             gram[k, j] = gram[j, k] = float(value)
     return gram
+
+
+def categorical_fisher_gram(network: torch.nn.Module, params: Sequence[torch.Tensor],
+                            directions: Sequence[Direction], obs: torch.Tensor,
+                            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact Fisher Gram ``[<d_k, d_l>_F]`` of parameter directions of a categorical policy.
+
+    For ``pi(.|s) = softmax(network(s))`` the score w.r.t. the logits is ``onehot(a) - p``
+    and its covariance, the Fisher of the softmax in logit space, is
+    ``E_a[(e_a - p)(e_a - p)^T] = diag(p) - p p^T``. With ``u = J d`` and ``v = J d'`` the
+    directional derivatives of the logits (one forward-mode JVP per direction), the Fisher
+    inner product is ``E_s[ sum_i p_i u_i v_i - (p.u)(p.v) ]``; ``0.5 d'Fd`` is the KL of a
+    small step along ``d``, exactly to second order.
+
+    Args:
+        network: the logits network (its parameters are looked up in ``params`` by
+            identity; parameters of ``network`` missing from ``params`` get a zero tangent).
+        params: the parameters the directions are laid out for, in order.
+        directions: ``K`` directions, each a tensor per entry of ``params``.
+        obs: the states to average over, ``(rows, obs_dim)``.
+        mask: optional ``(rows,)`` weights of real rows (a mean over them).
+
+    Returns:
+        The ``(K, K)`` float64 Gram matrix.
+    """
+    logits, tangents = _output_tangents(network, params, directions, obs)
+    probs = torch.softmax(logits.to(torch.float64), dim=-1)
+    tangents = [t.to(torch.float64) for t in tangents]
+    along_p = [(probs * t).sum(-1) for t in tangents]  # p.u per row
+    weights = _row_weights(obs, mask)
+    count = len(directions)
+    gram = torch.zeros(count, count, dtype=torch.float64)
+    for k in range(count):
+        for j in range(k, count):
+            per_row = (probs * tangents[k] * tangents[j]).sum(-1) - along_p[k] * along_p[j]
+            gram[k, j] = gram[j, k] = float((per_row * weights).sum())
+    return gram
+
