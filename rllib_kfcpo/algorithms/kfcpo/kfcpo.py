@@ -42,8 +42,8 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
                                      "KL ratio of kept steps, so steps are sized to the real "
                                      "KL."),
     "step_metric": ("kfac", "Fisher metric of steps 5-6 on span(n_r, n_c): 'kfac' (the K-FAC "
-                            "Gram) or 'exact' (the exact Gaussian Fisher of the two "
-                            "or categorical, in the two directions, by two Jacobian-vector "
+                            "Gram) or 'exact' (the exact Fisher of the policy, Gaussian or "
+                            "categorical, in the two directions, by two Jacobian-vector "
                             "products)."),
     "step_rule": ("blend", "'blend' (w_r n_r' + w_c n_c', scaled to the trust region) or "
                            "'span' (exact best reward step in span(n_r, n_c) that buys the "
