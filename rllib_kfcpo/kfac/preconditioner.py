@@ -26,7 +26,8 @@ statistics, the reward gradient and the cost gradient)::
     (n_r, n_c), gram = kfac.natural_directions([g_r, g_c])   # gram[k, l] = n_k' F n_l
 
 The Fisher is approximated block-diagonally: one ``A (x) G`` block per Linear layer
-(``block.py``) and one exact diagonal block per extra parameter (a log-std).
+(``block.py``) and one exact diagonal block per extra parameter (a Gaussian's log-std; a
+categorical policy has none).
 
 Running factors: with ``k`` the number of folded updates (this one included), the batch
 factors enter with weight ``1/k`` while ``k <= burn_in`` (a plain mean of the batches seen
@@ -79,7 +80,9 @@ class KFACPreconditioner:
     Args:
         layers: the policy network's Linear layers (non-empty, no duplicates).
         diagonal: ``(parameter, diagonal Fisher)`` pairs for parameters outside the layers,
-            e.g. ``[(log_std, 2.0)]`` for a state-independent Gaussian log-std.
+            e.g. ``[(log_std, 2.0)]`` for a state-independent Gaussian log-std; none for a
+            categorical policy (its softmax Fisher enters through the score of the
+            logits, ``onehot(a) - p``).
         damping: added to the Kronecker eigenvalue products and to the diagonal Fisher;
             finite, > 0. Settable later (``kfac.damping = ...``).
         decay: EMA decay of the running factors after the burn-in, in (0, 1).
