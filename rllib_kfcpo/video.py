@@ -8,7 +8,8 @@ one per step) gets a small overlay drawn with a built-in bitmap font: the episod
 step, the return and the cost so far, and the cost limit. All episodes go into ONE MP4,
 one after the other, the last frame of each held for half a second.
 
-Rendering is headless, through MuJoCo's EGL or OSMesa backend (:func:`select_gl_backend`);
+Rendering is headless, through MuJoCo's EGL or OSMesa backend
+(:func:`rllib_kfcpo.gl_backend.select_gl_backend`);
 the MP4 is written by imageio's ffmpeg plugin (``pip install 'rllib-kfcpo[video]'``, which
 brings ``imageio-ffmpeg`` and its bundled ffmpeg binary). Every problem that can be seen
 before the rollout (path, writer, backend, env) is one :class:`VideoError` line, and the
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +28,6 @@ from typing import Any
 
 import numpy as np
 
-#: The backends tried, in order, when ``MUJOCO_GL`` is not set; and the Debian package
-#: that provides each (the one line a user sees when none works).
-HEADLESS_BACKENDS: tuple[str, ...] = ("egl", "osmesa")
-BACKEND_PACKAGES: dict[str, str] = {
-    "egl": "apt-get install libegl1 libegl-mesa0",
-    "osmesa": "apt-get install libosmesa6",
-}
 #: Default frame size (width, height) and seconds the last frame of an episode is held.
 DEFAULT_SIZE = (256, 256)
 HOLD_SECONDS = 0.5
@@ -94,71 +86,6 @@ def require_mp4_writer() -> None:
     except RuntimeError as err:  # installed but its ffmpeg binary is missing
         raise VideoError(f"--video: imageio-ffmpeg has no usable ffmpeg binary ({err}); "
                          f"reinstall it: {PIP_VIDEO}.") from None
-
-
-# --- the headless OpenGL backend -----------------------------------------------------------
-_PROBE = """
-import mujoco
-model = mujoco.MjModel.from_xml_string(
-    '<mujoco><worldbody><light pos="0 0 2"/><geom size="0.2"/></worldbody></mujoco>')
-renderer = mujoco.Renderer(model, 16, 16)
-renderer.update_scene(mujoco.MjData(model))
-assert renderer.render().shape == (16, 16, 3)
-renderer.close()
-"""
-
-
-def probe_backend(backend: str, timeout: float = 60.0) -> str | None:
-    """Renders one tiny MuJoCo frame with ``MUJOCO_GL=backend`` in a fresh interpreter.
-
-    A fresh process because MuJoCo and PyOpenGL fix the backend at their first import (and
-    a missing or broken GL library may even crash the process). Returns None if it
-    rendered, else the last line of the error.
-    """
-    env = {**os.environ, "MUJOCO_GL": backend}
-    if os.environ.get("PYOPENGL_PLATFORM") not in (None, "", backend) and backend != "glfw":
-        env["PYOPENGL_PLATFORM"] = backend
-    try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return f"no frame within {timeout:.0f} s"
-    if proc.returncode == 0:
-        return None
-    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-    reason = lines[-1] if lines else f"exit code {proc.returncode}"
-    return reason if len(reason) <= 120 else reason[:117] + "..."
-
-
-def select_gl_backend() -> str:
-    """Chooses MuJoCo's OpenGL backend for headless rendering and sets ``MUJOCO_GL``.
-
-    A ``MUJOCO_GL`` set by the user is honoured (and checked); otherwise EGL, then OSMesa.
-    Raises :class:`VideoError`, one line naming the package to install, if none renders.
-    """
-    wanted = os.environ.get("MUJOCO_GL", "").strip().lower()
-    if wanted:
-        reason = probe_backend(wanted)
-        if reason is None:
-            return wanted
-        if wanted in BACKEND_PACKAGES:
-            fix = f"install it: {BACKEND_PACKAGES[wanted]}"
-        elif wanted == "glfw":
-            fix = "glfw needs a display; unset MUJOCO_GL to render headless with EGL or OSMesa"
-        else:
-            fix = "use MUJOCO_GL=egl or MUJOCO_GL=osmesa, or unset it"
-        raise VideoError(f"--video: MUJOCO_GL={wanted} cannot render here ({reason}); "
-                         f"{fix}, or unset MUJOCO_GL to try {' then '.join(HEADLESS_BACKENDS)}.")
-    reasons = []
-    for backend in HEADLESS_BACKENDS:
-        reason = probe_backend(backend)
-        if reason is None:
-            os.environ["MUJOCO_GL"] = backend
-            return backend
-        reasons.append(f"{backend}: {reason}")
-    installs = " or ".join(f"{BACKEND_PACKAGES[b]} ({b})" for b in HEADLESS_BACKENDS)
-    raise VideoError(f"--video: no headless OpenGL backend for MuJoCo works here "
-                     f"({'; '.join(reasons)}); install one: {installs}.")
 
 
 # --- the overlay -------------------------------------------------------------------------
@@ -365,12 +292,16 @@ def record_video(checkpoint: str | Path, out: str | Path, *, episodes: int = 1, 
     file is written.
     """
     from rllib_kfcpo.evaluation import evaluate_checkpoint
+    from rllib_kfcpo.gl_backend import GLBackendError, select_gl_backend
 
     if episodes <= 0:
         raise VideoError(f"--episodes {episodes}: give a positive number of episodes.")
     out = check_video_path(out)
     require_mp4_writer()
-    backend = select_gl_backend()
+    try:
+        backend = select_gl_backend()
+    except GLBackendError as err:
+        raise VideoError(f"--video: {err}") from None
     import imageio.v2 as imageio
 
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.partial.mp4")
