@@ -178,6 +178,7 @@ class FrameRecorder:
     open_writer: Callable[[float], Any]
     episodes: int
     cost_limit: float
+    camera: str | None = None
     writer: Any = None
     fps: float = 30.0
     frames: int = 0
@@ -193,6 +194,7 @@ class FrameRecorder:
     def _frame(self, episode: Any, env_runner: Any, env_index: int) -> None:
         env = env_runner.env.unwrapped.envs[env_index]
         if self.writer is None:
+            check_camera(env, self.camera)
             self.fps = float(env.metadata.get("render_fps") or 30)
             self.writer = self.open_writer(self.fps)
         key = episode.id_
@@ -251,6 +253,23 @@ class FrameRecorder:
             except Exception:  # noqa: BLE001 - already failing; the cause is raised
                 pass
             self.writer = None
+
+
+def check_camera(env: Any, camera: str | None) -> None:
+    """Raises :class:`VideoError` if ``camera`` is not a camera of the env's MuJoCo model
+    (MuJoCo would silently render from its free camera instead)."""
+    import mujoco
+
+    unwrapped = env.unwrapped
+    model = getattr(unwrapped, "model", None)
+    if model is None:  # navigation tasks keep the model in their task
+        model = getattr(getattr(unwrapped, "task", None), "model", None)
+    if camera is None or model is None:
+        return
+    if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+        names = sorted(model.camera(i).name for i in range(model.ncam))
+        raise VideoError(f"--camera {camera!r} is not a camera of this env; its cameras: "
+                         f"{', '.join(names)}.")
 
 
 def _add_callback(config: Any, which: str, fn: Callable[..., None]) -> None:
@@ -317,7 +336,8 @@ def record_video(checkpoint: str | Path, out: str | Path, *, episodes: int = 1, 
         config.environment(env_config={**dict(config.env_config or {}), **render})
         config.env_runners(gym_env_vectorize_mode="sync")
         recorder = FrameRecorder(open_writer=open_writer, episodes=episodes,
-                                 cost_limit=float(getattr(config, "cost_limit", math.nan)))
+                                 cost_limit=float(getattr(config, "cost_limit", math.nan)),
+                                 camera=render.get("camera_name"))
         recorders.append(recorder)
         cameras.append(render.get("camera_name"))
         _add_callback(config, "on_episode_start", recorder.on_episode_start)

@@ -22,6 +22,7 @@ from rllib_kfcpo.video import (
     GLYPHS,
     HOLD_SECONDS,
     VideoError,
+    check_camera,
     draw_text,
     overlay_lines,
     render_env_config,
@@ -182,6 +183,20 @@ def test_env_that_cannot_render_is_refused():
         "render_mode": "rgb_array", "width": 64, "height": 48, "camera_name": "track"}
     assert "camera_name" not in render_env_config("SafetyHalfCheetahVelocity-v1",
                                                   (64, 48), None)
+
+
+def test_unknown_camera_is_refused_with_the_env_cameras():
+    from rllib_kfcpo.envs import make_safety_env
+
+    env = make_safety_env(ENV, {"max_episode_steps": 5})
+    try:
+        env.reset(seed=0)
+        check_camera(env, "track")
+        check_camera(env, None)
+        with pytest.raises(VideoError, match="its cameras: fixedfar, fixednear, track, vision"):
+            check_camera(env, "topdown")
+    finally:
+        env.close()
 
 
 def test_overlay_font_covers_its_text_and_draws_it():
