@@ -17,6 +17,9 @@ def register() -> None:
     """Registers envs and algorithms with Ray Tune (idempotent; runs at import)."""
     from ray.tune import register_trainable
 
+    from rllib_kfcpo.gl_backend import import_mujoco
+
+    import_mujoco()  # before the envs import MuJoCo: a MUJOCO_GL without its library
     from rllib_kfcpo.envs import register_safety_envs
     from rllib_kfcpo.envs.toy import register_toy_envs
 

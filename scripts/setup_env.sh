@@ -17,7 +17,7 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # torch first, from the exact release so pip never pulls a multi-GB CUDA build by itself.
 "$VENV/bin/python" -m pip install -q "torch==2.13.0" || "$VENV/bin/python" -m pip install -q "torch>=2.4,<2.15"
-"$VENV/bin/python" -m pip install -q -e ".[test,plot,cluster]"
+"$VENV/bin/python" -m pip install -q -e ".[test,plot,cluster,video]"
 "$VENV/bin/python" -m pip install -q --no-deps "safety-gymnasium==1.0.0"
 rm -f "$VENV"/.installed-*
 touch "$stamp"

@@ -10,6 +10,7 @@ YAML (``rllib train file <yaml>``) and command-line experiments::
     rllib tune file tuned_examples/kfcpo/safety-point-goal1.yaml --num-samples 8 --name s1
     rllib tune file tuned_examples/kfcpo/safety-point-goal1.yaml --name s1 --resume
     rllib evaluate results/<exp>/<trial>/checkpoint_000000 --episodes 5
+    rllib evaluate results/<exp>/<trial>/checkpoint_000000 --episodes 2 --video agent.mp4
     rllib plot results/<exp> -o curves.png
 
 See docs/usage.md for every workflow.
@@ -32,6 +33,7 @@ from rllib_kfcpo.cli.experiment import (
     load_experiments,
 )
 from rllib_kfcpo.rllib_seam import MODEL_CONFIG_ATTRIBUTE
+from rllib_kfcpo.video import VideoError
 
 
 def _json_arg(text: str, what: str) -> dict[str, Any]:
@@ -92,6 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--episodes", type=int, default=5)
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--video", metavar="OUT.mp4", default=None,
+                          help="also render the episodes headless (MuJoCo EGL or OSMesa; "
+                          "MUJOCO_GL is honoured) into ONE MP4, episode after episode, with "
+                          "the episode, step, return and cost so far drawn in each frame; "
+                          "Safety-Gymnasium tasks; needs pip install 'rllib-kfcpo[video]'")
+    evaluate.add_argument("--video-size", metavar="WxH", default="256x256",
+                          help="frame size of --video (default 256x256)")
+    evaluate.add_argument("--camera", default=None,
+                          help="camera of --video: track (default for navigation tasks), "
+                          "fixednear, fixedfar, vision; velocity tasks: their own default")
     _add_verbose(evaluate)
 
     plot = sub.add_parser("plot", help="learning curves PNG from result directories")
@@ -225,8 +237,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from rllib_kfcpo.evaluation import evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, seed=args.seed)
+    if args.video is None:
+        report = evaluate_checkpoint(args.checkpoint, episodes=args.episodes, seed=args.seed)
+        print(json.dumps(report, indent=2))
+        return 0
+    from rllib_kfcpo.video import parse_size, record_video
+
+    if not Path(args.checkpoint).is_dir():  # before probing GL backends
+        raise FileNotFoundError(f"No checkpoint directory at {args.checkpoint!r}.")
+    report = record_video(args.checkpoint, args.video, episodes=args.episodes, seed=args.seed,
+                          size=parse_size(args.video_size), camera=args.camera)
     print(json.dumps(report, indent=2))
+    per_episode = "; ".join(f"episode {i}: return {r:.2f}, cost {c:.2f}" for i, (r, c) in
+                            enumerate(zip(report["episode_returns"], report["episode_costs"],
+                                          strict=True), start=1))
+    print(f"video: {report['video']} ({report['video_frames']} frames at {report['fps']:g} "
+          f"fps, MUJOCO_GL={report['gl_backend']}; {per_episode})")
     return 0
 
 
@@ -251,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"train": cmd_train, "tune": cmd_tune, "evaluate": cmd_evaluate,
                     "plot": cmd_plot}
         return commands[args.command](args)
-    except (ExperimentError, FileNotFoundError) as err:
+    except (ExperimentError, FileNotFoundError, VideoError) as err:
         print(f"rllib: error: {err}", file=sys.stderr)
         return 2
 
