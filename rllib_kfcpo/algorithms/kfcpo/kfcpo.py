@@ -54,6 +54,10 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
     "margin_cost_ema": (1.0, "Weight of the newest iteration's Jc in the margin's EMA of "
                              "Jc (1.0: no smoothing)."),
+    "margin_integral_gain": (0.0, "Integral term of the margin: each iteration adds this "
+                                  "times (Jc - d) / max(d, 1) to a sum (clamped to +-1) that "
+                                  "is subtracted from the margin, so a lasting excess raises "
+                                  "w_c until Jc comes down (0: off, the margin alone)."),
     "projection": ("harmful", "'harmful', 'both' (PCGrad-like) or 'none' (ablation)."),
     "normalize_directions": (False, "Blend unit-Fisher-norm directions (weights = shares)."),
     "kl_rollback": (True, "Undo a minibatch step whose real KL exceeds target_kl."),
@@ -81,6 +85,7 @@ KFCPO_RULES = (
     Rule("margin_temperature", number(0, low_open=True), _POSITIVE),
     Rule("margin_offset", number(), "a finite number"),
     Rule("margin_cost_ema", number(0, 1, low_open=True), "in (0, 1]"),
+    Rule("margin_integral_gain", number(0), "a finite number >= 0"),
     Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
     Rule("normalize_directions", boolean, "True or False"),
     Rule("kl_rollback", boolean, "True or False"),

@@ -69,6 +69,8 @@ LOG_STD_FISHER = 2.0
 #: mean of real KL / quadratic KL, and the range that ratio is clamped to.
 KL_RATIO_EMA = 0.2
 KL_RATIO_RANGE = (0.25, 20.0)
+#: ``margin_integral_gain``: the integral term's range, in margin units (1.0 = the limit).
+MARGIN_INTEGRAL_RANGE = 1.0
 
 
 def exact_fisher_gram(module: Any, params: Sequence[nn.Parameter],
@@ -101,6 +103,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.kfac: dict[str, KFACPreconditioner] = {}
         self.policy_frozen = False
         self.margin_cost = math.nan  # Jc as the margin weights see it (see margin_cost_ema)
+        self.margin_integral = 0.0  # sum of gain * (Jc - d) / max(d, 1), clamped
         self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
@@ -129,8 +132,17 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             beta = self.config.margin_cost_ema
             self.margin_cost = (jc if not math.isfinite(self.margin_cost)
                                 else (1.0 - beta) * self.margin_cost + beta * jc)
+            # Integral term (margin_integral_gain): a lasting excess Jc > d accumulates and
+            # lowers the margin the weights see; clamped so it cannot wind up without bound.
+            gain = self.config.margin_integral_gain
+            if gain > 0.0:
+                excess = -cost_margin(self.margin_cost, self.config.cost_limit)
+                self.margin_integral = min(max(self.margin_integral + gain * excess,
+                                               -MARGIN_INTEGRAL_RANGE), MARGIN_INTEGRAL_RANGE)
         for module_id in self.module.keys():
             self.metrics.log_value((module_id, M.MARGIN_COST), self.margin_cost, window=1)
+            self.metrics.log_value((module_id, M.MARGIN_INTEGRAL), self.margin_integral,
+                                   window=1)
 
     # --- The update ---------------------------------------------------------------------
     @override(NonSGDPolicyLearner)
@@ -168,10 +180,11 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                                      batch.get(Columns.LOSS_MASK))
             all_reduce_mean_([gram])
 
-        # Step 4: margin-aware weights from Jc and the limit.
+        # Step 4: margin-aware weights from Jc and the limit (less the integral term).
         jc = self.margin_cost if math.isfinite(self.margin_cost) else 0.0
         w_reward, w_cost = margin_weights(
-            cost_margin(jc, cfg.cost_limit), schedule=cfg.margin_schedule,
+            cost_margin(jc, cfg.cost_limit) - self.margin_integral,
+            schedule=cfg.margin_schedule,
             temperature=cfg.margin_temperature, offset=cfg.margin_offset,
         )
 
@@ -353,6 +366,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             **super().get_safe_state(),
             "kfac": {mid: k.state_dict() for mid, k in self.kfac.items()},
             "margin_cost": self.margin_cost,
+            "margin_integral": self.margin_integral,
             "kl_ratio": self.kl_ratio,
         }
 
@@ -361,6 +375,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         super().set_safe_state(state)
         self.margin_cost = float(state.get("margin_cost", self.episode_cost))
         self.kl_ratio = float(state.get("kl_ratio", 1.0))
+        self.margin_integral = float(state.get("margin_integral", 0.0))
         for mid, kfac_state in state.get("kfac", {}).items():
             if mid in self.kfac:
                 self.kfac[mid].load_state_dict(kfac_state)
