@@ -205,12 +205,12 @@ def test_margin_cost_is_an_ema_of_jc_over_iterations_and_is_checkpointed(tmp_pat
 
 
 def test_margin_integral_sums_the_relative_excess_clamps_it_and_shifts_the_weights(tmp_path):
-    """margin_integral_gain k: I_k = clip(I_(k-1) + k (Jc - d) / d, -1, 1); the weights see
+    """margin_integral_gain k: I_k = clip(I_(k-1) + k (offset - m_k), -1, 1); the weights see
     m - I. Checked against the sequence computed here, the logged w_c against the sigmoid of
     the shifted margin, and the state across a checkpoint."""
     spaces = {"default_policy": (ActionCostEnv().observation_space,
                                  ActionCostEnv().action_space)}
-    limit, gain = 5.0, 0.5
+    limit, gain = 5.0, 0.5  # margin_offset 0.1 (the default)
     learner = toy_config(margin_integral_gain=gain).build_learner(spaces=spaces)
     plain = toy_config().build_learner(spaces=spaces)
     expected = 0.0
@@ -222,7 +222,7 @@ def test_margin_integral_sums_the_relative_excess_clamps_it_and_shifts_the_weigh
                                      timesteps={"safe_episode_cost_mean": jc},
                                      num_epochs=1, minibatch_size=100)
         if jc == jc:  # not NaN: one more term
-            expected = min(max(expected + gain * (jc - limit) / limit, -1.0), 1.0)
+            expected = min(max(expected + gain * (0.1 - (limit - jc) / limit), -1.0), 1.0)
         assert learner.margin_integral == pytest.approx(expected)
         margin = (limit - learner.margin_cost) / limit - expected
         w_cost = 1.0 / (1.0 + math.exp(-(0.1 - margin) / 0.1))
@@ -231,8 +231,8 @@ def test_margin_integral_sums_the_relative_excess_clamps_it_and_shifts_the_weigh
         assert float(logged["margin_integral"]) == pytest.approx(expected)
         assert plain.margin_integral == 0.0
         assert float(plain_results["default_policy"]["margin_integral"]) == 0.0
-    # 0.5 + 0.5 + 0.5 -> clamped at 1 after the second; then 1 - 0.5 = 0.5.
-    assert learner.margin_integral == pytest.approx(0.5)
+    # 0.55 + 0.55 -> clamped at 1 after the second; then 1 + 0.5 * (0.1 - 1) = 0.55.
+    assert learner.margin_integral == pytest.approx(0.55)
     learner.save_to_path(str(tmp_path))
     restored = toy_config(margin_integral_gain=gain).build_learner(spaces=spaces)
     restored.restore_from_path(str(tmp_path))

@@ -55,9 +55,10 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "margin_cost_ema": (1.0, "Weight of the newest iteration's Jc in the margin's EMA of "
                              "Jc (1.0: no smoothing)."),
     "margin_integral_gain": (0.0, "Integral term of the margin: each iteration adds this "
-                                  "times (Jc - d) / max(d, 1) to a sum (clamped to +-1) that "
-                                  "is subtracted from the margin, so a lasting excess raises "
-                                  "w_c until Jc comes down (0: off, the margin alone)."),
+                                  "times (margin_offset - m) to a sum (clamped to +-1) that "
+                                  "is subtracted from the margin m, so a lasting excess "
+                                  "raises w_c until Jc comes down to d (1 - margin_offset) "
+                                  "(0: off, the margin alone)."),
     "projection": ("harmful", "'harmful', 'both' (PCGrad-like) or 'none' (ablation)."),
     "normalize_directions": (False, "Blend unit-Fisher-norm directions (weights = shares)."),
     "kl_rollback": (True, "Undo a minibatch step whose real KL exceeds target_kl."),

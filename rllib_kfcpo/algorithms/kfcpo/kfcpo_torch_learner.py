@@ -132,11 +132,13 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             beta = self.config.margin_cost_ema
             self.margin_cost = (jc if not math.isfinite(self.margin_cost)
                                 else (1.0 - beta) * self.margin_cost + beta * jc)
-            # Integral term (margin_integral_gain): a lasting excess Jc > d accumulates and
-            # lowers the margin the weights see; clamped so it cannot wind up without bound.
+            # Integral term (margin_integral_gain): a lasting shortfall of the margin below
+            # margin_offset (the margin the weights balance at) accumulates and lowers the
+            # margin the weights see; clamped so it cannot wind up without bound.
             gain = self.config.margin_integral_gain
             if gain > 0.0:
-                excess = -cost_margin(self.margin_cost, self.config.cost_limit)
+                excess = (self.config.margin_offset
+                          - cost_margin(self.margin_cost, self.config.cost_limit))
                 self.margin_integral = min(max(self.margin_integral + gain * excess,
                                                -MARGIN_INTEGRAL_RANGE), MARGIN_INTEGRAL_RANGE)
         for module_id in self.module.keys():
