@@ -31,8 +31,10 @@ def tiny_net(seed: int) -> nn.Sequential:
     return net
 
 
-def dense_fisher(net: nn.Module, obs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """sum_s w_s J_s^T (diag p_s - p_s p_s^T) J_s / sum w, J_s the logits' Jacobian."""
+def dense_fisher(net: nn.Module, obs: torch.Tensor, weights: torch.Tensor,
+                 outer: bool = True) -> torch.Tensor:
+    """sum_s w_s J_s^T (diag p_s - p_s p_s^T) J_s / sum w, J_s the logits' Jacobian
+    (``outer=False``: without the - p p^T term, a plain diag(p) metric)."""
     params = list(net.parameters())
     total = 0
     for row, w in zip(obs, weights, strict=True):
@@ -40,7 +42,8 @@ def dense_fisher(net: nn.Module, obs: torch.Tensor, weights: torch.Tensor) -> to
         jac = torch.stack([flat(torch.autograd.grad(logits[i], params, retain_graph=True))
                            for i in range(ACTIONS)])
         p = torch.softmax(logits.detach(), -1)
-        total = total + w * jac.T @ (torch.diag(p) - torch.outer(p, p)) @ jac
+        metric = torch.diag(p) - (torch.outer(p, p) if outer else 0.0)
+        total = total + w * jac.T @ metric @ jac
     return total / weights.sum()
 
 
@@ -79,18 +82,8 @@ def test_exact_gram_equals_the_dense_fisher_and_the_kl_hessian_in_the_span(seed)
                                                 torch.zeros(3, dtype=F64))
     torch.testing.assert_close(gram, hessian, rtol=1e-9, atol=1e-12)
     # Without the -p p^T term (a plain diag(p) metric) the Gram is another matrix.
-    assert not torch.allclose(gram, span.T @ _diag_only(net, obs, mask) @ span, rtol=1e-3)
-
-
-def _diag_only(net, obs, weights):
-    params = list(net.parameters())
-    total = 0
-    for row, w in zip(obs, weights, strict=True):
-        logits = net(row[None])[0]
-        jac = torch.stack([flat(torch.autograd.grad(logits[i], params, retain_graph=True))
-                           for i in range(ACTIONS)])
-        total = total + w * jac.T @ torch.diag(torch.softmax(logits.detach(), -1)) @ jac
-    return total / weights.sum()
+    diagonal_only = span.T @ dense_fisher(net, obs, mask, outer=False) @ span
+    assert not torch.allclose(gram, diagonal_only, rtol=1e-3)
 
 
 def test_parameters_outside_params_do_not_move():

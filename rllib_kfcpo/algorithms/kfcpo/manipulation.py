@@ -248,6 +248,15 @@ def _row_weights(obs: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return weights / weights.sum().clamp_min(1e-12)
 
 
+def _symmetric_gram(count: int, entry: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """``(count, count)`` float64 matrix with ``[k, j] = [j, k] = entry(k, j)``, ``k <= j``."""
+    gram = torch.zeros(count, count, dtype=torch.float64)
+    for k in range(count):
+        for j in range(k, count):
+            gram[k, j] = gram[j, k] = float(entry(k, j))
+    return gram
+
+
 def gaussian_fisher_gram(network: torch.nn.Module, log_std: torch.Tensor,
                          params: Sequence[torch.Tensor], directions: Sequence[Direction],
                          obs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -277,14 +286,12 @@ def gaussian_fisher_gram(network: torch.nn.Module, log_std: torch.Tensor,
                     else torch.zeros_like(log_std) for direction in directions]
     inv_var = torch.exp(-2.0 * log_std.detach())
     weights = _row_weights(obs, mask)
-    count = len(directions)
-    gram = torch.zeros(count, count, dtype=torch.float64)
-    for k in range(count):
-        for j in range(k, count):
-            per_row = (mean_tangents[k] * mean_tangents[j] * inv_var).sum(-1).to(torch.float64)
-            value = (per_row * weights).sum() + 2.0 * (std_tangents[k] * std_tangents[j]).sum()
-            gram[k, j] = gram[j, k] = float(value)
-    return gram
+
+    def entry(k: int, j: int) -> torch.Tensor:
+        per_row = (mean_tangents[k] * mean_tangents[j] * inv_var).sum(-1).to(torch.float64)
+        return (per_row * weights).sum() + 2.0 * (std_tangents[k] * std_tangents[j]).sum()
+
+    return _symmetric_gram(len(directions), entry)
 
 
 def categorical_fisher_gram(network: torch.nn.Module, params: Sequence[torch.Tensor],
@@ -315,11 +322,10 @@ def categorical_fisher_gram(network: torch.nn.Module, params: Sequence[torch.Ten
     tangents = [t.to(torch.float64) for t in tangents]
     along_p = [(probs * t).sum(-1) for t in tangents]  # p.u per row
     weights = _row_weights(obs, mask)
-    count = len(directions)
-    gram = torch.zeros(count, count, dtype=torch.float64)
-    for k in range(count):
-        for j in range(k, count):
-            per_row = (probs * tangents[k] * tangents[j]).sum(-1) - along_p[k] * along_p[j]
-            gram[k, j] = gram[j, k] = float((per_row * weights).sum())
-    return gram
+
+    def entry(k: int, j: int) -> torch.Tensor:
+        per_row = (probs * tangents[k] * tangents[j]).sum(-1) - along_p[k] * along_p[j]
+        return (per_row * weights).sum()
+
+    return _symmetric_gram(len(directions), entry)
 
