@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray import tune
 
 from rllib_kfcpo.cli.experiment import Experiment
@@ -98,6 +99,25 @@ def progress_line(result: dict[str, Any], cost_limit: float, label: str = "",
         eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.nan
         line += f" | eta {format_duration(eta)}"
     return line
+
+
+def course_line(frame: Any, cost_limit: float) -> str:
+    """``first -> final`` return and episode cost of one trial, and the cost verdict.
+
+    ``frame`` is the trial's per-iteration results (Tune's ``Result.metrics_dataframe``);
+    "final" is the mean over the last 10 % of the iterations (at least one), the rule of
+    ``bench/learning.py``. Empty when the columns are missing.
+    """
+    if frame is None or RETURN_KEY not in frame or COST_KEY not in frame or not len(frame):
+        return ""
+    returns = frame[RETURN_KEY].astype(float).to_numpy()
+    costs = frame[COST_KEY].astype(float).to_numpy()
+    tail = max(1, math.ceil(0.1 * len(returns)))
+    final_return, final_cost = float(np.nanmean(returns[-tail:])), float(np.nanmean(costs[-tail:]))
+    verdict = "within the limit" if final_cost <= cost_limit else "over the limit"
+    return (f"return {returns[0]:.2f} -> {final_return:.2f}, episode cost {costs[0]:.1f} -> "
+            f"{final_cost:.1f} (limit {cost_limit:g}: {verdict}; first iteration -> mean of "
+            f"the last {tail})")
 
 
 class ProgressPrinter(tune.Callback):
@@ -220,6 +240,9 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
         if result.error:
             raise RuntimeError(f"trial of {exp.name} failed: {result.error}")
         print(f"   final: {progress_line(result.metrics, config.cost_limit, stop=stop)}")
+        course = course_line(result.metrics_dataframe, config.cost_limit)
+        if course:
+            print(f"   course: {course}")
         if result.checkpoint is not None:
             print(f"   checkpoint: {result.checkpoint.path}")
     return grid

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import math
 
-from rllib_kfcpo.cli.run import format_duration, progress_line, stop_progress
+import pandas as pd
+
+from rllib_kfcpo.cli.run import (
+    COST_KEY,
+    RETURN_KEY,
+    course_line,
+    format_duration,
+    progress_line,
+    stop_progress,
+)
 
 
 def _result(iteration: int, steps: int, elapsed: float) -> dict:
@@ -56,3 +65,19 @@ def test_durations_and_the_last_iteration():
     assert format_duration(math.nan) == "?"
     line = progress_line(_result(10, 40_000, 100.0), 25.0, stop={"training_iteration": 10})
     assert "iter   10/10 (100 %)" in line and line.endswith("| eta 0s")
+
+
+def test_course_line_compares_the_first_iteration_with_the_last_tenth():
+    """25 iterations: the last 10 % are the last 3 (ceil 2.5); their means are computed
+    here from the same series."""
+    returns = [float(i) for i in range(25)]
+    costs = [150.0 - 6.0 * i for i in range(25)]
+    frame = pd.DataFrame({RETURN_KEY: returns, COST_KEY: costs})
+    line = course_line(frame, 25.0)
+    final_cost = sum(costs[-3:]) / 3  # 6.0
+    assert line.startswith(f"return 0.00 -> {sum(returns[-3:]) / 3:.2f}, episode cost 150.0 -> "
+                           f"{final_cost:.1f} (limit 25: within the limit;")
+    assert "mean of the last 3" in line
+    assert "over the limit" in course_line(frame, 5.0)
+    assert course_line(pd.DataFrame({RETURN_KEY: returns}), 25.0) == ""
+    assert course_line(None, 25.0) == ""
