@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from rllib_kfcpo.cli.run import COST_KEY, RETURN_KEY, STEPS_KEY
+from rllib_kfcpo.cli.run import COST_KEY, COST_WINDOW_KEY, RETURN_KEY, STEPS_KEY
 
 
 def read_trial(trial_dir: Path) -> dict[str, Any]:
-    """Steps, returns, costs and the cost limit of one trial directory."""
+    """Steps, returns, costs, Jc (the windowed episode cost; NaN where not logged) and the
+    cost limit of one trial directory."""
     rows = list(csv.DictReader((trial_dir / "progress.csv").open()))
 
     def column(key: str) -> np.ndarray:
@@ -34,7 +35,8 @@ def read_trial(trial_dir: Path) -> dict[str, Any]:
     if params.exists():
         limit = float(json.loads(params.read_text()).get("cost_limit", math.nan))
     return {"steps": column(STEPS_KEY), "return": column(RETURN_KEY),
-            "cost": column(COST_KEY), "cost_limit": limit, "dir": str(trial_dir)}
+            "cost": column(COST_KEY), "cost_window": column(COST_WINDOW_KEY),
+            "cost_limit": limit, "dir": str(trial_dir)}
 
 
 def collect(result_dirs: list[str | Path]) -> dict[str, list[dict[str, Any]]]:
@@ -107,6 +109,11 @@ def plot_learning_curves(result_dirs: list[str | Path], output: str | Path,
             d = data[name][key]
             line = ax.plot(d["steps"], d["mean"], label=f"{name} (n={d['n']})")[0]
             ax.fill_between(d["steps"], d["min"], d["max"], alpha=0.2, color=line.get_color())
+            if key == "cost" and all(np.isfinite(t["cost_window"]).any() for t in trials):
+                # Jc, what the algorithms constrain: the mean of the last N episodes.
+                data[name]["cost_window"] = w = aggregate(trials, "cost_window")
+                ax.plot(w["steps"], w["mean"], ls=":", lw=2, color=line.get_color(),
+                        label=f"{name}: Jc (windowed episode cost)")
         limits |= {t["cost_limit"] for t in trials if math.isfinite(t["cost_limit"])}
     for limit in sorted(limits):
         ax_c.axhline(limit, ls="--", color="red", label=f"cost limit {limit:g}")

@@ -12,10 +12,12 @@ import numpy as np
 from ray import tune
 
 from rllib_kfcpo.cli.experiment import Experiment
-from rllib_kfcpo.safe.columns import EPISODE_COST_MEAN
+from rllib_kfcpo.safe.columns import EPISODE_COST_MEAN, EPISODE_COST_WINDOW_MEAN
 
 RETURN_KEY = "env_runners/episode_return_mean"
 COST_KEY = f"env_runners/{EPISODE_COST_MEAN}"
+#: Jc as the safe algorithms see it: the mean over the last ``cost_window_episodes``.
+COST_WINDOW_KEY = f"env_runners/{EPISODE_COST_WINDOW_MEAN}"
 STEPS_KEY = "num_env_steps_sampled_lifetime"
 
 
@@ -102,22 +104,32 @@ def progress_line(result: dict[str, Any], cost_limit: float, label: str = "",
 
 
 def course_line(frame: Any, cost_limit: float) -> str:
-    """``first -> final`` return and episode cost of one trial, and the cost verdict.
+    """``first -> final`` return, episode cost and Jc of one trial, and the cost verdict.
 
     ``frame`` is the trial's per-iteration results (Tune's ``Result.metrics_dataframe``);
     "final" is the mean over the last 10 % of the iterations (at least one), the rule of
-    ``bench/learning.py``. Empty when the columns are missing.
+    ``bench/learning.py``. The verdict is on Jc, the windowed episode cost the algorithm
+    constrains (``cost_window_episodes``), when the results have it; otherwise on the
+    iterations' episode cost. Empty when the return or cost column is missing.
     """
     if frame is None or RETURN_KEY not in frame or COST_KEY not in frame or not len(frame):
         return ""
-    returns = frame[RETURN_KEY].astype(float).to_numpy()
-    costs = frame[COST_KEY].astype(float).to_numpy()
-    tail = max(1, math.ceil(0.1 * len(returns)))
-    final_return, final_cost = float(np.nanmean(returns[-tail:])), float(np.nanmean(costs[-tail:]))
-    verdict = "within the limit" if final_cost <= cost_limit else "over the limit"
-    return (f"return {returns[0]:.2f} -> {final_return:.2f}, episode cost {costs[0]:.1f} -> "
-            f"{final_cost:.1f} (limit {cost_limit:g}: {verdict}; first iteration -> mean of "
-            f"the last {tail})")
+    tail = max(1, math.ceil(0.1 * len(frame)))
+
+    def first_and_final(key: str) -> tuple[float, float]:
+        values = frame[key].astype(float).to_numpy()
+        return float(values[0]), float(np.nanmean(values[-tail:]))
+
+    (r0, r1), (c0, c1) = first_and_final(RETURN_KEY), first_and_final(COST_KEY)
+    line = f"return {r0:.2f} -> {r1:.2f}, episode cost {c0:.1f} -> {c1:.1f}"
+    judged, what = c1, "episode cost"
+    if COST_WINDOW_KEY in frame and np.isfinite(frame[COST_WINDOW_KEY].astype(float)).any():
+        w0, w1 = first_and_final(COST_WINDOW_KEY)
+        line += f", Jc {w0:.1f} -> {w1:.1f}"
+        judged, what = w1, "Jc"
+    verdict = "within the limit" if judged <= cost_limit else "over the limit"
+    return (f"{line} ({what} {verdict} {cost_limit:g}; first iteration -> mean of the "
+            f"last {tail})")
 
 
 class ProgressPrinter(tune.Callback):

@@ -8,6 +8,7 @@ import pandas as pd
 
 from rllib_kfcpo.cli.run import (
     COST_KEY,
+    COST_WINDOW_KEY,
     RETURN_KEY,
     course_line,
     format_duration,
@@ -69,15 +70,19 @@ def test_durations_and_the_last_iteration():
 
 def test_course_line_compares_the_first_iteration_with_the_last_tenth():
     """25 iterations: the last 10 % are the last 3 (ceil 2.5); their means are computed
-    here from the same series."""
+    here from the same series. The verdict is on Jc when the results have it."""
     returns = [float(i) for i in range(25)]
     costs = [150.0 - 6.0 * i for i in range(25)]
+    window = [150.0 - 4.0 * i for i in range(25)]  # ends at 54 (mean of the last 3)
     frame = pd.DataFrame({RETURN_KEY: returns, COST_KEY: costs})
     line = course_line(frame, 25.0)
-    final_cost = sum(costs[-3:]) / 3  # 6.0
     assert line.startswith(f"return 0.00 -> {sum(returns[-3:]) / 3:.2f}, episode cost 150.0 -> "
-                           f"{final_cost:.1f} (limit 25: within the limit;")
+                           f"{sum(costs[-3:]) / 3:.1f} (episode cost within the limit 25;")
     assert "mean of the last 3" in line
-    assert "over the limit" in course_line(frame, 5.0)
+    assert "episode cost over the limit 5" in course_line(frame, 5.0)
+    frame[COST_WINDOW_KEY] = window
+    line = course_line(frame, 25.0)
+    assert f"Jc 150.0 -> {sum(window[-3:]) / 3:.1f} (Jc over the limit 25;" in line
+    assert "Jc within the limit 60" in course_line(frame, 60.0)
     assert course_line(pd.DataFrame({RETURN_KEY: returns}), 25.0) == ""
     assert course_line(None, 25.0) == ""
