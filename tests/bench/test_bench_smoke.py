@@ -17,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOAT = r"-?\d+(?:\.\d+)?"
+BENCH = ROOT / "bench"
 
 
 def run_script(name: str, *args: str, timeout: float = 240) -> str:
@@ -84,7 +85,7 @@ def test_headline_smoke_records_runs_and_skips_them_when_run_again(tmp_path: Pat
         assert r["mean_violation"] >= 0.0
         assert set(r) == {"env", "algo", "seed", "steps", "final_return", "final_cost",
                           "mean_violation", "wall_s"}
-    assert "target mean violation <= 0.5 x PPOLag's" in out
+    assert "KFCPO: mean violation <= 0.5 x PPOLag's" in out
     assert list(tmp_path.glob("headline_*.png"))
     again = run_script("learning.py", *args)
     assert again.count("done, skipped") == 2, again
@@ -112,3 +113,29 @@ def test_learning_smoke_runs_the_baselines(tmp_path: Path):
         assert re.search(rf"\| +{re.escape(name)} \| +{FLOAT} \+- +{FLOAT} \|", out), name
     (env_rows,) = json.loads((tmp_path / "results.json").read_text()).values()
     assert set(env_rows) == {"PPOPIDLag", "CPO"}
+
+
+def test_headline_targets_are_checked_for_kfcpo_and_its_variants_never_as_baselines():
+    """A recorded KFCPO variant gets its own three target lines and is not a baseline:
+    here the variant is within the limit and PPOLag is not, so 'no baseline within the
+    limit' holds for both KFCPO rows."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def record(algo: str, ret: float, cost: float, violation: float) -> dict:
+        return {"env": "E", "algo": algo, "seed": 0, "steps": 10, "final_return": ret,
+                "final_cost": cost, "mean_violation": violation, "wall_s": 1.0}
+
+    lines = learning.headline_table([record("PPOLag", 20.0, 40.0, 20.0),
+                                     record("KFCPO", 12.0, 30.0, 12.0),
+                                     record("KFCPO-offset0.3", 8.0, 22.0, 9.0)], 25.0)
+    text = "\n".join(lines)
+    assert "KFCPO: no baseline within the limit, so KFCPO must be: NOT met" in text
+    assert ("KFCPO-offset0.3: no baseline within the limit, so KFCPO-offset0.3 must be: met"
+            in text)
+    assert "KFCPO-offset0.3: mean violation <= 0.5 x PPOLag's (20.00): 9.00 met" in text
+    assert "KFCPO: mean violation <= 0.5 x PPOLag's (20.00): 12.00 NOT met" in text
+    assert "best feasible baseline (KFCPO" not in text
