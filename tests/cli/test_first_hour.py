@@ -86,10 +86,12 @@ def test_a_plain_run_prints_banner_progress_and_summary_only(point_goal_run):
     out = point_goal_run.stdout + point_goal_run.stderr
     shown = [n for n in NOISE if n in out]
     assert not shown, f"known-harmless notices printed: {shown}\n{out[-4000:]}"
-    # What is left: the layout, the banner, one line per iteration, the summary.
+    # What is left: the layout, the banner, one line per iteration, the summary (the final
+    # line, the course of return and cost, the checkpoint).
     lines = [line for line in point_goal_run.stdout.splitlines() if line.strip()]
     assert [line[:9] for line in lines] == [
-        "== layout", "== KFCPO-", "iter    1", "== KFCPO-", "   final:", "   checkp"], lines
+        "== layout", "== KFCPO-", "iter    1", "== KFCPO-", "   final:", "   course",
+        "   checkp"], lines
     assert point_goal_run.stderr.strip() == "", point_goal_run.stderr[-3000:]
 
 
