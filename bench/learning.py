@@ -49,8 +49,6 @@ HEADLINE_FILE = Path(__file__).resolve().parent / "measured" / "headline.json"
 #: machine (3 seeds in parallel on 2 cores): a timed-out round returns no samples and the
 #: iteration trains nothing (seen as NaN rows in progress.csv).
 SAMPLE_TIMEOUT_S = 600.0
-#: Share of a run's last iterations whose mean is its final return / cost.
-FINAL_SHARE = 0.10
 
 ABLATIONS = {
     "KFCPO-no-projection": {"projection": "none"},
@@ -122,9 +120,11 @@ def run_record(trial: dict, *, env: str, algo: str, seed: int, limit: float,
     training-time episode return and cost; ``mean_violation``: the mean over all
     iterations of ``max(0, cost - limit)`` (safety during training, not only at the end).
     """
+    from rllib_kfcpo.cli.run import final_rows
+
     returns, costs = np.asarray(trial["return"]), np.asarray(trial["cost"])
     steps = np.asarray(trial["steps"])
-    tail = max(1, math.ceil(FINAL_SHARE * len(returns)))
+    tail = final_rows(len(returns))
     return {
         "env": env, "algo": algo, "seed": seed,
         "steps": int(np.nanmax(steps)) if np.isfinite(steps).any() else 0,

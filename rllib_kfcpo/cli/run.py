@@ -19,6 +19,13 @@ COST_KEY = f"env_runners/{EPISODE_COST_MEAN}"
 #: Jc as the safe algorithms see it: the mean over the last ``cost_window_episodes``.
 COST_WINDOW_KEY = f"env_runners/{EPISODE_COST_WINDOW_MEAN}"
 STEPS_KEY = "num_env_steps_sampled_lifetime"
+#: Share of a run's last iterations whose mean is its "final" value (here and in bench/).
+FINAL_SHARE = 0.10
+
+
+def final_rows(iterations: int) -> int:
+    """How many of a run's last iterations make its final value (10 %, at least one)."""
+    return max(1, math.ceil(FINAL_SHARE * iterations))
 
 
 def _get(result: dict[str, Any], path: str, default: float = math.nan) -> Any:
@@ -107,14 +114,14 @@ def course_line(frame: Any, cost_limit: float) -> str:
     """``first -> final`` return, episode cost and Jc of one trial, and the cost verdict.
 
     ``frame`` is the trial's per-iteration results (Tune's ``Result.metrics_dataframe``);
-    "final" is the mean over the last 10 % of the iterations (at least one), the rule of
+    "final" is the mean over the last :func:`final_rows` iterations, the rule of
     ``bench/learning.py``. The verdict is on Jc, the windowed episode cost the algorithm
     constrains (``cost_window_episodes``), when the results have it; otherwise on the
     iterations' episode cost. Empty when the return or cost column is missing.
     """
     if frame is None or RETURN_KEY not in frame or COST_KEY not in frame or not len(frame):
         return ""
-    tail = max(1, math.ceil(0.1 * len(frame)))
+    tail = final_rows(len(frame))
 
     def first_and_final(key: str) -> tuple[float, float]:
         values = frame[key].astype(float).to_numpy()

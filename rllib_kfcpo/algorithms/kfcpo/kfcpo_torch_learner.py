@@ -103,7 +103,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.kfac: dict[str, KFACPreconditioner] = {}
         self.policy_frozen = False
         self.margin_cost = math.nan  # Jc as the margin weights see it (see margin_cost_ema)
-        self.margin_integral = 0.0  # sum of gain * (Jc - d) / max(d, 1), clamped
+        self.margin_integral = 0.0  # sum of gain * (margin_offset - m), clamped
         self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
