@@ -41,6 +41,11 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "adaptive_trust_region": (False, "Divide trust_region_kl by the running real/quadratic "
                                      "KL ratio of kept steps, so steps are sized to the real "
                                      "KL."),
+    "log_std_trust_region_kl": (None, "Own trust region of a Gaussian's log-std: its part of "
+                                      "the step is sized to this KL bound (exact for the "
+                                      "log-std alone), whatever the mean's step (None: it "
+                                      "moves with the joint step, as the natural gradient "
+                                      "puts it)."),
     "step_metric": ("kfac", "Fisher metric of steps 5-6 on span(n_r, n_c): 'kfac' (the K-FAC "
                             "Gram) or 'exact' (the exact Fisher of the policy, Gaussian or "
                             "categorical, in the two directions, by two Jacobian-vector "
@@ -79,6 +84,7 @@ KFCPO_RULES = (
     Rule("kfac_inv_update_steps", integer(1), "an integer >= 1"),
     Rule("trust_region_kl", number(0, low_open=True), _POSITIVE),
     Rule("adaptive_trust_region", boolean, "True or False"),
+    Rule("log_std_trust_region_kl", optional(number(0, low_open=True)), f"None or {_POSITIVE}"),
     Rule("step_metric", one_of(STEP_METRICS), f"one of {STEP_METRICS}"),
     Rule("step_rule", one_of(STEP_RULES), f"one of {STEP_RULES}"),
     Rule("max_step_size", number(0, low_open=True), _POSITIVE),

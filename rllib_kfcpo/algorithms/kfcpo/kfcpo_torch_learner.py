@@ -49,6 +49,7 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     gaussian_fisher_gram,
     gram_matrix,
     margin_weights,
+    resize_diagonal_block,
     solve_span_trust_region,
     trust_region_step_size,
 )
@@ -212,6 +213,15 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             step = trust_region_step_size(info["quad"], max_kl=kl_budget,
                                           max_step=cfg.max_step_size)
         direction = blend(coeffs, n_reward, n_cost)
+        if cfg.log_std_trust_region_kl is not None and module.log_std is not None:
+            # The log-std's own trust region: its share of the joint step is tiny (its
+            # gradient is weak next to its Fisher), so the exploration noise never falls.
+            # Sized to the bound (no Newton cap): a step of fixed length in the direction
+            # of its gradient, as Adam moves PPO's log-std.
+            index = next(i for i, p in enumerate(kfac.params) if p is module.log_std)
+            direction = resize_diagonal_block(direction, index, LOG_STD_FISHER, step,
+                                              max_kl=cfg.log_std_trust_region_kl,
+                                              max_step=math.inf)
         log[M.KFAC_SECONDS] = time.perf_counter() - started
         if step <= 0.0 or not all(bool(torch.isfinite(d).all()) for d in direction):
             self.metrics.log_value((module_id, M.SKIPPED_STEPS), 1, reduce="sum")
@@ -228,6 +238,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                 batch[Columns.ACTION_DIST_INPUTS])
             log[M.KL_BEFORE_STEP] = float(masked_mean(behaviour.kl(dist), batch))
             log[ENTROPY_KEY] = float(masked_mean(dist.entropy(), batch))
+            if module.log_std is not None:
+                log[M.LOG_STD_MEAN] = float(module.log_std.mean())
         log.update({
             M.COS_BEFORE: info["cos_before"], M.COS_AFTER: info["cos_after"],
             M.CONFLICT: info["conflict"], M.WEIGHT_REWARD: w_reward, M.WEIGHT_COST: w_cost,

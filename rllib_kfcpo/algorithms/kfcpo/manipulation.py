@@ -133,6 +133,26 @@ def trust_region_step_size(quad: float, *, max_kl: float, max_step: float) -> fl
     return min(float(max_step), math.sqrt(2.0 * float(max_kl) / quad))
 
 
+def resize_diagonal_block(direction: Sequence[torch.Tensor], index: int, fisher: float,
+                          step: float, *, max_kl: float, max_step: float) -> list[torch.Tensor]:
+    """``direction`` with block ``index`` rescaled to its own trust region.
+
+    For a block whose Fisher is ``fisher * I`` (a Gaussian's state-independent log-std:
+    2 per dimension), the step ``step * d`` moves the block by ``a_b * d_b`` instead of
+    ``step * d_b``, with ``a_b = min(max_step, sqrt(2 max_kl / (fisher |d_b|^2)))`` (so the
+    block's own quadratic KL ``0.5 a_b^2 fisher |d_b|^2 <= max_kl``); every other block is
+    unchanged. Returns ``direction`` itself when ``step`` or the block is zero.
+    """
+    block = direction[index]
+    quad = float(fisher) * float(block.pow(2).sum())
+    own = trust_region_step_size(quad, max_kl=max_kl, max_step=max_step)
+    if own <= 0.0 or step <= 0.0:
+        return list(direction)
+    resized = list(direction)
+    resized[index] = block * (own / step)
+    return resized
+
+
 def cost_requirement(w_cost: float) -> float:
     """kappa = 2 w_c - 1 in [-1, 1]: the share of the largest cost decrease the step must buy.
 

@@ -25,3 +25,4 @@ STEP_KL = "kl_of_step"  # real KL(before step || after step) of the kept step
 KL_RATIO = "kl_real_over_quadratic"  # running ratio real / quadratic KL of kept steps
 COST_REQUIREMENT = "cost_requirement"  # kappa of the span step (share of max cost decrease)
 CONSTRAINT_ACTIVE = "cost_requirement_active"  # share of span steps where kappa binds
+LOG_STD_MEAN = "log_std_mean"  # mean of a Gaussian policy's log-std after the step
