@@ -301,3 +301,35 @@ def test_exact_step_metric_sizes_the_step_to_the_real_kl():
                       kl_rollback=False)
     assert out["kl_quadratic_estimate"] == pytest.approx(1e-4, rel=1e-6)
     assert out["kl_of_step"] == pytest.approx(1e-4, rel=0.05)
+
+
+def test_log_std_trust_region_moves_only_the_log_std_and_by_its_own_kl():
+    """log_std_trust_region_kl k: one kept step moves the log-std by delta with
+    |delta|^2 = k (its quadratic KL, Fisher 2 I), and the mean network exactly as the same
+    update without the setting (same direction, same trust-region step)."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    moved = {}
+    for kl in (None, 1e-4):
+        learner = toy_config(log_std_trust_region_kl=kl, kl_rollback=False).training(
+            num_epochs=1).build_learner(spaces=spaces)
+        module = learner.module["default_policy"].unwrapped()
+
+        def weights(module=module):
+            return {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
+
+        before = weights()
+        out = learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 1.0},
+                             num_epochs=1, minibatch_size=204)["default_policy"]
+        assert float(out["policy_steps"].peek()) == 1
+        after = weights()
+        moved[kl] = {k: np.asarray(after[k]) - np.asarray(before[k]) for k in before
+                     if k.startswith(POLICY_KEYS)}
+        assert float(out["log_std_mean"].peek()) == pytest.approx(
+            float(np.mean(np.asarray(after["log_std"]))), abs=1e-7)
+    assert float(np.sum(moved[1e-4]["log_std"].astype(np.float64) ** 2)) == pytest.approx(
+        1e-4, rel=1e-4)
+    assert float(np.sum(moved[None]["log_std"].astype(np.float64) ** 2)) < 1e-4
+    for key, change in moved[None].items():
+        if key != "log_std":
+            np.testing.assert_allclose(moved[1e-4][key], change, rtol=1e-5, atol=1e-8)

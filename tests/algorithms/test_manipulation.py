@@ -19,6 +19,7 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     euclidean_inner,
     gram_matrix,
     margin_weights,
+    resize_diagonal_block,
     trust_region_step_size,
 )
 
@@ -168,3 +169,33 @@ def test_euclidean_inner_matches_dot():
     x, y = torch.randn(8, dtype=F64), torch.randn(8, dtype=F64)
     assert float(euclidean_inner(as_direction(x), as_direction(y))) == pytest.approx(
         float(x @ y))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resized_diagonal_block_has_its_own_kl_and_the_rest_is_untouched(seed):
+    """A log-std block (Fisher 2 I) resized to max_kl: the step moves it by delta with the
+    quadratic KL 0.5 * 2 |delta|^2 = max_kl, and the exact KL between the two Gaussians
+    (same mean, log-std + delta), summed by hand here, agrees to third order; the block
+    keeps its direction and every other tensor is the same object's values."""
+    gen = torch.Generator().manual_seed(seed)
+    direction = [torch.randn(3, 4, generator=gen, dtype=torch.float64),
+                 torch.randn(2, generator=gen, dtype=torch.float64)]
+    step, max_kl = 0.37, 1e-5
+    resized = resize_diagonal_block(direction, 1, 2.0, step, max_kl=max_kl,
+                                    max_step=math.inf)
+    assert torch.equal(resized[0], direction[0])
+    delta = step * resized[1]
+    assert float(delta.pow(2).sum()) == pytest.approx(max_kl, rel=1e-12)
+    cos = float(resized[1] @ direction[1]) / float(resized[1].norm() * direction[1].norm())
+    assert cos == pytest.approx(1.0, abs=1e-12)
+    # KL(N(0, s^2) || N(0, s^2 e^(2 delta))) per dimension = delta + (e^(-2 delta) - 1) / 2.
+    exact = sum(float(d) + (math.exp(-2.0 * float(d)) - 1.0) / 2.0 for d in delta)
+    assert exact == pytest.approx(max_kl, rel=10 * float(delta.abs().max()))
+    # A Newton cap below the bound wins; a zero block or a zero step changes nothing.
+    capped = resize_diagonal_block(direction, 1, 2.0, step, max_kl=1.0, max_step=0.5)
+    assert torch.allclose(step * capped[1], 0.5 * direction[1])
+    zero = [direction[0], torch.zeros(2, dtype=torch.float64)]
+    assert torch.equal(resize_diagonal_block(zero, 1, 2.0, step, max_kl=max_kl,
+                                             max_step=math.inf)[1], zero[1])
+    assert torch.equal(resize_diagonal_block(direction, 1, 2.0, 0.0, max_kl=max_kl,
+                                             max_step=math.inf)[1], direction[1])

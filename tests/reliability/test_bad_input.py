@@ -61,6 +61,7 @@ BAD_VALUES = [
     (KFCPOConfig, "training", "normalize_directions", "yes", "True or False"),
     (KFCPOConfig, "training", "margin_cost_ema", 1.5, "in (0, 1]"),
     (KFCPOConfig, "training", "margin_integral_gain", -0.1, "finite number >= 0"),
+    (KFCPOConfig, "training", "log_std_trust_region_kl", 0.0, "None or a finite number > 0"),
     (KFCPOConfig, "training", "step_rule", "cpo", "one of ('blend', 'span')"),
     (KFCPOConfig, "training", "adaptive_trust_region", 1, "True or False"),
     (PPOLagConfig, "training", "cost_window_episodes", -1, "integer >= 0"),
