@@ -333,3 +333,23 @@ def test_log_std_trust_region_moves_only_the_log_std_and_by_its_own_kl():
     for key, change in moved[None].items():
         if key != "log_std":
             np.testing.assert_allclose(moved[1e-4][key], change, rtol=1e-5, atol=1e-8)
+
+
+def test_direction_agreement_compares_consecutive_minibatches_of_an_iteration():
+    """Two epochs over one 204-row minibatch with a negligible step: the second minibatch
+    holds the same rows at (almost) the same weights, so each direction agrees with the
+    first's (cosine ~1); a single minibatch has nothing to compare and logs no agreement."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    keys = ("reward_gradient_agreement", "cost_gradient_agreement",
+            "reward_natural_agreement", "cost_natural_agreement")
+    for epochs in (1, 2):
+        learner = toy_config(trust_region_kl=1e-12, kl_rollback=False).training(
+            num_epochs=epochs).build_learner(spaces=spaces)
+        out = learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 1.0},
+                             num_epochs=epochs, minibatch_size=204)["default_policy"]
+        if epochs == 1:
+            assert not any(key in out for key in keys)
+        else:
+            for key in keys:
+                assert float(out[key].peek()) == pytest.approx(1.0, abs=1e-4), key

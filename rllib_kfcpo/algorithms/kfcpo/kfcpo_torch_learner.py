@@ -106,6 +106,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.margin_cost = math.nan  # Jc as the margin weights see it (see margin_cost_ema)
         self.margin_integral = 0.0  # sum of gain * (margin_offset - m), clamped
         self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
+        # The previous minibatch's (g_r, g_c, n_r, n_c), flattened: the agreement metrics.
+        self.previous_directions: dict[str, list[torch.Tensor]] = {}
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
             cfg = self.config.get_config_for_module(module_id)
@@ -126,6 +128,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
     def before_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
         super().before_gradient_based_update(timesteps=timesteps)
         self.policy_frozen = False
+        self.previous_directions = {}
         # The margin's cost: an EMA over iterations of Jc (margin_cost_ema = weight of the
         # newest value; 1.0 = this iteration's Jc only). No new Jc: unchanged.
         jc = float(timesteps.get(EPISODE_COST_FOR_LEARNER, math.nan))
@@ -178,6 +181,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         else:
             n_reward, n_cost = g_reward, g_cost
             gram = gram_matrix([g_reward, g_cost], euclidean_inner)
+        log.update(self._agreement(module_id, [g_reward, g_cost, n_reward, n_cost]))
         if cfg.step_metric == "exact":  # the exact Fisher restricted to span(n_r, n_c)
             gram = exact_fisher_gram(module, kfac.params, [n_reward, n_cost], obs,
                                      batch.get(Columns.LOSS_MASK))
@@ -255,6 +259,21 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                            (M.POLICY_STEPS, 1 - rolled_back)):
             self.metrics.log_value((module_id, key), count, reduce="sum")
         return critic_loss - surrogate
+
+    def _agreement(self, module_id: str,
+                   directions: Sequence[Sequence[torch.Tensor]]) -> dict[str, float]:
+        """Cosines of (g_r, g_c, n_r, n_c) with the previous minibatch's of this iteration
+        (none for an iteration's first minibatch): near 1, a direction is signal; near 0,
+        minibatch noise."""
+        flat = [torch.cat([t.detach().reshape(-1) for t in d]) for d in directions]
+        previous = self.previous_directions.get(module_id)
+        self.previous_directions[module_id] = flat
+        if previous is None:
+            return {}
+        keys = (M.REWARD_GRAD_AGREEMENT, M.COST_GRAD_AGREEMENT, M.REWARD_NATURAL_AGREEMENT,
+                M.COST_NATURAL_AGREEMENT)
+        return {key: float(torch.nn.functional.cosine_similarity(now, before, dim=0))
+                for key, now, before in zip(keys, flat, previous, strict=True)}
 
     def _update_kl_ratio(self, step_kl: float, quad_kl: float) -> None:
         """Running geometric mean of real / quadratic KL of kept steps (clamped)."""

@@ -26,3 +26,9 @@ KL_RATIO = "kl_real_over_quadratic"  # running ratio real / quadratic KL of kept
 COST_REQUIREMENT = "cost_requirement"  # kappa of the span step (share of max cost decrease)
 CONSTRAINT_ACTIVE = "cost_requirement_active"  # share of span steps where kappa binds
 LOG_STD_MEAN = "log_std_mean"  # mean of a Gaussian policy's log-std after the step
+# Cosine (Euclidean) of this minibatch's direction with the previous minibatch's of the same
+# iteration: how much of a direction is signal rather than minibatch noise.
+REWARD_GRAD_AGREEMENT = "reward_gradient_agreement"  # g_r
+COST_GRAD_AGREEMENT = "cost_gradient_agreement"  # g_c
+REWARD_NATURAL_AGREEMENT = "reward_natural_agreement"  # n_r = F^-1 g_r
+COST_NATURAL_AGREEMENT = "cost_natural_agreement"  # n_c = F^-1 g_c
