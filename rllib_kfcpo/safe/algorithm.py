@@ -86,6 +86,9 @@ class SafeAlgorithm(PPO):
         #: Jc over the last ``cost_window_episodes`` finished episodes (None: RLlib's
         #: latest-iteration mean; see rllib_kfcpo.safe.episode_cost).
         self.cost_window = EpisodeCostWindow(window) if window > 0 else None
+        #: Set by a restore: the next iteration pushes the learners' weights to the env
+        #: runners before it samples (see restore_from_path).
+        self._sync_weights_before_sampling = False
         super().setup(config)
 
     # --- State --------------------------------------------------------------------------
@@ -131,6 +134,13 @@ class SafeAlgorithm(PPO):
         if kwargs.get("component") is None and not args:
             check_checkpoint_compatible(path, type(self))
         super().restore_from_path(path, *args, **kwargs)
+        # RLlib restores the learners and the env runners' states, broadcasting the latter
+        # to the remote runners asynchronously; measured, the remote runners then sampled
+        # the first iteration after a restore with weights that were not the learners'
+        # (max |diff| 0.38, weights_seq_no 0, on a 1M-step PointGoal1 checkpoint: return
+        # -0.1 instead of ~12, and those episodes' cost entered Jc), also when the weights
+        # were synced here. The next iteration syncs them before it samples.
+        self._sync_weights_before_sampling = True
 
     @classmethod
     @override(PPO)
@@ -189,6 +199,10 @@ class SafeAlgorithm(PPO):
 
     @override(PPO)
     def training_step(self) -> None:
+        if self._sync_weights_before_sampling:
+            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
+                                               inference_only=True)
+            self._sync_weights_before_sampling = False
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, env_runner_results = self._sample()
             if not episodes:
