@@ -37,7 +37,8 @@ SMOKE_CONFIG: dict[str, Any] = {
     "num_envs_per_env_runner": 1,
 }
 SMOKE_STOP: dict[str, Any] = {"training_iteration": 1}
-#: Episode length under ``--smoke`` for Safety-Gymnasium tasks (1,000 steps otherwise), so
+#: Episode length under ``--smoke`` for Safety-Gymnasium tasks (1,000 steps otherwise) and
+#: the demo's PointGoalHazard-v0 (150), so
 #: that a smoke run finishes episodes and reports a return and an episode cost.
 SMOKE_EPISODE_STEPS = 50
 
@@ -47,8 +48,9 @@ def apply_smoke(exp: Experiment, user_config: dict[str, Any] | None = None) -> N
     user_config = user_config or {}
     exp.config.update({k: v for k, v in SMOKE_CONFIG.items() if k not in user_config})
     from rllib_kfcpo.envs import safety_task_ids
+    from rllib_kfcpo.envs.point_goal_hazard import POINT_GOAL_HAZARD_ENV
 
-    if exp.env in safety_task_ids():
+    if exp.env in safety_task_ids() or exp.env == POINT_GOAL_HAZARD_ENV:
         env_config = dict(exp.config.get("env_config") or {})
         env_config.setdefault("max_episode_steps", SMOKE_EPISODE_STEPS)
         exp.config["env_config"] = env_config

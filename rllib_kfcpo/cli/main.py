@@ -122,8 +122,9 @@ def _add_experiment_args(parser: argparse.ArgumentParser) -> None:
     _add_verbose(parser)
     parser.add_argument("--smoke", action="store_true",
                         help="tiny budgets (200 env steps, 1 epoch, no remote env runners, "
-                        "50-step Safety-Gymnasium episodes, 1 iteration unless --stop) to "
-                        "check the experiment runs; --config and --stop still win")
+                        "50-step Safety-Gymnasium and PointGoalHazard episodes, 1 iteration "
+                        "unless --stop) to check the experiment runs; --config and --stop "
+                        "still win")
 
 
 def _add_verbose(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,8 @@ They truncate at ``episode_len`` steps (``terminate_at`` makes KnownCostEnv term
 instead; CartPole also terminates when the pole falls) and put the cost in
 ``info["cost"]``. Registered with Tune as ``rllib_kfcpo/KnownCost-v0``,
 ``rllib_kfcpo/ActionCost-v0`` and ``rllib_kfcpo/CartPoleCost-v0``.
+:func:`register_toy_envs` also registers the README demo's env,
+``rllib_kfcpo/PointGoalHazard-v0`` (:mod:`rllib_kfcpo.envs.point_goal_hazard`).
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ def register_toy_envs() -> None:
     """Registers the toy envs with Ray Tune (idempotent)."""
     from ray.tune.registry import register_env
 
+    from rllib_kfcpo.envs.point_goal_hazard import POINT_GOAL_HAZARD_ENV, PointGoalHazardEnv
+
     register_env(KNOWN_COST_ENV, lambda cfg: KnownCostEnv(dict(cfg)))
     register_env(ACTION_COST_ENV, lambda cfg: ActionCostEnv(dict(cfg)))
     register_env(CARTPOLE_COST_ENV, lambda cfg: CartPoleCostEnv(dict(cfg)))
+    register_env(POINT_GOAL_HAZARD_ENV, lambda cfg: PointGoalHazardEnv(dict(cfg)))
