@@ -6,10 +6,10 @@ PY := .venv/bin/python
 setup:
 	bash scripts/setup_env.sh
 
-# A real short KFCPO training on SafetyPointGoal1-v0 on a local Ray instance; prints one
+# A real short KFCPO training on the built-in PointGoalHazard-v0 on a local Ray instance; prints one
 # progress line per iteration and writes results/demo/learning_curves.png.
 demo: setup
-	$(PY) -m rllib_kfcpo.cli.main train file tuned_examples/kfcpo/demo-point-goal1.yaml \
+	$(PY) -m rllib_kfcpo.cli.main train file tuned_examples/kfcpo/demo-point-goal-hazard.yaml \
 		--storage-path $(CURDIR)/results --plot
 
 # Lint, then the test suite (slow learning runs are skipped; `make test-slow` runs them).

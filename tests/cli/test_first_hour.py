@@ -1,8 +1,9 @@
 """Issue 14, a newcomer's first hour: defaults that fit the machine, and a quiet run.
 
-Two real `rllib train` runs through the console script, each on a fresh local Ray instance
-that sees this machine's CPUs: the README's one-liner on SafetyPointGoal1-v0 (one
-iteration of 200 env steps) with no layout given, and a user's own env that warns. Then
+Three real `rllib train` runs through the console script, each on a fresh local Ray
+instance that sees this machine's CPUs: the README's one-liner on SafetyPointGoal1-v0 (one
+iteration of 200 env steps) with no layout given, `make demo`'s command as the Makefile
+writes it (with `--smoke`: two tiny iterations), and a user's own env that warns. Then
 explicit layouts that do not fit, refused with an override that does, and the layout
 arithmetic on fixed CPU/GPU counts.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,6 +96,36 @@ def test_a_plain_run_prints_banner_progress_and_summary_only(point_goal_run):
         "== layout", "== KFCPO-", "iter    1", "== KFCPO-", "   final:", "   course",
         "   checkp"], lines
     assert point_goal_run.stderr.strip() == "", point_goal_run.stderr[-3000:]
+
+
+def make_demo_argv(storage: Path) -> list[str]:
+    """The command of the Makefile's `demo` recipe, with its variables filled in."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    (recipe,) = re.findall(r"^demo:.*\n\t(.+)$", text, re.MULTILINE)
+    recipe = recipe.replace("$(PY)", sys.executable).replace("$(CURDIR)/results", str(storage))
+    return shlex.split(recipe)
+
+
+def test_make_demo_runs_the_demo_yaml_prints_the_course_and_writes_the_png(tmp_path):
+    """`make demo`'s command (KFCPO on PointGoalHazard-v0, then the PNG), shrunk by
+    `--smoke` to two iterations of 200 steps: the same quiet output as any run, the
+    course line, and the learning curves. (tests/cli/test_demo_slow.py runs it in full.)"""
+    argv = make_demo_argv(tmp_path)
+    assert "tuned_examples/kfcpo/demo-point-goal-hazard.yaml" in argv and "--plot" in argv
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    proc = subprocess.run([*argv, "--smoke", "--stop", '{"training_iteration": 2}'],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert [line[:9] for line in lines] == [
+        "== layout", "== demo: ", "iter    1", "iter    2", "== demo: ", "   final:",
+        "   course", "   checkp", "   learni"], lines
+    assert "KFCPO on rllib_kfcpo/PointGoalHazard-v0, cost limit 25" in lines[1]
+    assert re.match(r"   course: return \S+ -> \S+, episode cost \S+ -> \S+, Jc \S+ -> \S+ "
+                    r"\(Jc (within|over) the limit 25; first iteration -> mean of the last 1\)$",
+                    lines[6]), lines[6]
+    assert (tmp_path / "demo" / "learning_curves.png").stat().st_size > 10_000
+    assert not [n for n in NOISE if n in proc.stdout + proc.stderr]
 
 
 def test_user_warnings_still_reach_the_terminal(tmp_path):
