@@ -5,7 +5,8 @@ local Ray instance (KFCPO on the built-in PointGoalHazard-v0, seed 0): the fixed
 must start at least twice over the cost limit and end within it, by the iterations' own
 episode cost and by Jc (the windowed episode cost KFCPO constrains), both as the course
 line's "final" (the mean of the last 10 % of iterations), while the return rises clearly;
-the printed course line and the PNG must be there. About 2 minutes on 2 idle cores.
+the printed course line and the PNG must be there. About 2 minutes on 2 idle cores; 20
+minutes or more while other trainings share them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def test_the_demo_ends_within_the_limit_while_the_return_rises(tmp_path: Path):
             "--plot"]
     env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800)
+                          timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     course = re.search(r"course: return (\S+) -> (\S+), episode cost (\S+) -> (\S+), "
                        r"Jc (\S+) -> (\S+) \(Jc within the limit 25;", proc.stdout)
@@ -55,6 +56,6 @@ def test_the_demo_ends_within_the_limit_while_the_return_rises(tmp_path: Path):
 
     assert first[COST_KEY] >= 2 * LIMIT  # the first policy is far over the limit
     assert final[COST_KEY] <= LIMIT and final[COST_WINDOW_KEY] <= LIMIT
-    # The return rises clearly (measured: -0.09 -> 5.19; a random policy earns ~0).
+    # The return rises clearly (measured: -0.09 -> 4.65; a random policy earns ~0).
     assert final[RETURN_KEY] >= first[RETURN_KEY] + 3.0
     assert (tmp_path / "demo" / "learning_curves.png").stat().st_size > 10_000
