@@ -11,11 +11,13 @@ OmniSafe's Jc) or, with ``cost_window_episodes=0``, ``env_runners/episode_cost_m
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPO
+from ray.rllib.core import COMPONENT_LEARNER, COMPONENT_RL_MODULE
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.metrics import (
     ALL_MODULES,
@@ -59,8 +61,15 @@ class LearnerFailureError(RuntimeError):
     """A learner actor died during an update."""
 
 
-def _sample_on_runner(runner: Any) -> tuple[Any, Any, BaseException | None]:
-    """Runs on an env runner: samples, returning bad-env-data errors instead of dying."""
+def _sample_on_runner(runner: Any, module_state: Any = None
+                      ) -> tuple[Any, Any, BaseException | None]:
+    """Runs on an env runner: samples, returning bad-env-data errors instead of dying.
+
+    ``module_state`` (the learners' weights, after a restore) is set on the runner's
+    module in the same remote call, right before it samples.
+    """
+    if module_state is not None:  # no weights_seq_no: the runner takes them unconditionally
+        runner.set_state({COMPONENT_RL_MODULE: module_state})
     try:
         return runner.sample(), runner.get_metrics(), None
     except (MissingCostError, NonFiniteEnvDataError) as err:
@@ -176,13 +185,24 @@ class SafeAlgorithm(PPO):
         group = self.env_runner_group
         target = self.config.total_train_batch_size
         steps, episodes, stats = 0, [], []
+        sample = _sample_on_runner
+        if self._sync_weights_before_sampling:
+            # After a restore: the learners' weights travel with the sample call itself, so
+            # no state broadcast still in flight from the restore can come after them.
+            group.sync_weights(from_worker_or_learner_group=self.learner_group,
+                               inference_only=True)
+            weights = self.learner_group.get_state(
+                components=COMPONENT_LEARNER + "/" + COMPONENT_RL_MODULE,
+                inference_only=True)[COMPONENT_LEARNER][COMPONENT_RL_MODULE]
+            sample = functools.partial(_sample_on_runner, module_state=weights)
+            self._sync_weights_before_sampling = False
         while steps < target:
             if group.num_remote_workers() <= 0:
                 runner = group.local_env_runner
                 results = [(runner.sample(), runner.get_metrics(), None)]
             else:
                 results = group.foreach_env_runner(
-                    _sample_on_runner, local_env_runner=False,
+                    sample, local_env_runner=False,
                     timeout_seconds=self.config.sample_timeout_s,
                 )
                 if not results or group.num_healthy_remote_workers() <= 0:
@@ -199,10 +219,6 @@ class SafeAlgorithm(PPO):
 
     @override(PPO)
     def training_step(self) -> None:
-        if self._sync_weights_before_sampling:
-            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
-                                               inference_only=True)
-            self._sync_weights_before_sampling = False
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, env_runner_results = self._sample()
             if not episodes:
