@@ -1,10 +1,10 @@
 """A point that must reach goals past a hazard: Safety-Gymnasium's Goal task in numpy.
 
 ``PointGoalHazardEnv`` (registered with Tune as ``rllib_kfcpo/PointGoalHazard-v0``) is
-the README demo's env: small enough that KFCPO shows in a couple of minutes on 2 CPUs
-what it shows on ``SafetyPointGoal1-v0`` in a million steps (a cost that starts far over
-the limit and ends within it while the return rises). No MuJoCo, no physics: a point on
-a plane moved by its action.
+the README demo's env: small enough that KFCPO shows in about a minute on 2 CPUs what
+the Safety-Gymnasium tasks take far longer to show (a cost that starts far over the limit
+and ends within it while the return rises). No MuJoCo, no physics: a point on a plane
+moved by its action.
 
 - **Agent:** a point ``p`` in the square arena ``[-arena_size, arena_size]^2``. The action
   is a velocity ``a`` in ``Box(-1, 1, (2,))``; its Euclidean norm is capped at 1 (so every
