@@ -95,8 +95,8 @@ class SafeAlgorithm(PPO):
         #: Jc over the last ``cost_window_episodes`` finished episodes (None: RLlib's
         #: latest-iteration mean; see rllib_kfcpo.safe.episode_cost).
         self.cost_window = EpisodeCostWindow(window) if window > 0 else None
-        #: Set by a restore: the next iteration pushes the learners' weights to the env
-        #: runners before it samples (see restore_from_path).
+        #: Set by a restore: the next iteration's sampling takes the learners' weights to
+        #: the env runners (see _sample).
         self._sync_weights_before_sampling = False
         super().setup(config)
 
@@ -148,7 +148,7 @@ class SafeAlgorithm(PPO):
         # the first iteration after a restore with weights that were not the learners'
         # (max |diff| 0.38, weights_seq_no 0, on a 1M-step PointGoal1 checkpoint: return
         # -0.1 instead of ~12, and those episodes' cost entered Jc), also when the weights
-        # were synced here. The next iteration syncs them before it samples.
+        # were synced here. The next iteration sends them with its sample call (_sample).
         self._sync_weights_before_sampling = True
 
     @classmethod
@@ -187,8 +187,9 @@ class SafeAlgorithm(PPO):
         steps, episodes, stats = 0, [], []
         sample = _sample_on_runner
         if self._sync_weights_before_sampling:
-            # After a restore: the learners' weights travel with the sample call itself, so
-            # no state broadcast still in flight from the restore can come after them.
+            # After a restore: the learners' weights travel with the remote sample call
+            # itself, so no state broadcast still in flight from the restore can come after
+            # them; the sync covers the local runner (no remote runners).
             group.sync_weights(from_worker_or_learner_group=self.learner_group,
                                inference_only=True)
             weights = self.learner_group.get_state(
