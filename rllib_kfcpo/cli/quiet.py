@@ -14,8 +14,9 @@ Where the notices come from:
 - Ray workers (the Tune trial actor, env runners, learners): the CLI starts Ray with
   :data:`WORKER_SETUP_HOOK` as the job's ``worker_process_setup_hook``, which runs
   :func:`quiet` in every worker process before it does anything else;
-- "Exception ignored in: LearnerGroup.__del__ ... SystemExit" when Tune stops a trial
-  early (:data:`KNOWN_UNRAISABLE`) is dropped by :func:`quiet`'s ``sys.unraisablehook``;
+- "Exception ignored in: LearnerGroup.__del__ / EnvRunner.__del__ ... SystemExit" when
+  Ray stops an actor (:data:`KNOWN_UNRAISABLE`) is dropped by :func:`quiet`'s
+  ``sys.unraisablehook``;
 - the one notice that Ray's C++ core logs in a worker (the actor-restart notice of
   ``core_worker.cc``) cannot be filtered in Python where it is written, so
   :func:`filter_forwarded_worker_logs` drops exactly its lines where the driver prints
@@ -133,11 +134,15 @@ def quiet() -> None:
 
 
 #: ``(exception type, qualified name of the function it escaped from)`` of "Exception
-#: ignored in ..." reports that are harmless: Tune stopping a trial early (ASHA) sends its
-#: actor SIGTERM, and Ray's handler raises SystemExit inside RLlib's
-#: ``LearnerGroup.__del__``, which Python reports with a full traceback.
+#: ignored in ..." reports that are harmless: Ray stops an actor with SIGTERM (Tune
+#: stopping a trial early, or the end of a run tearing down its env runners), and Ray's
+#: handler raises SystemExit inside whatever ``__del__`` is running at that moment,
+#: which Python reports with a full traceback. RLlib's ``LearnerGroup.__del__`` (trial
+#: actor) and ``EnvRunner.__del__`` (env runner actors; seen once in CI at the end of a
+#: plain one-iteration run) are the two that printed.
 KNOWN_UNRAISABLE: tuple[tuple[type[BaseException], str], ...] = (
     (SystemExit, "LearnerGroup.__del__"),
+    (SystemExit, "EnvRunner.__del__"),
 )
 
 

@@ -209,8 +209,9 @@ def test_user_layout_keys_are_kept():
 
 
 def test_only_the_known_teardown_report_is_dropped():
-    """Tune stopping a trial early makes RLlib's LearnerGroup.__del__ raise SystemExit,
-    which Python reports as "Exception ignored in"; that report alone is dropped."""
+    """Ray's SIGTERM makes RLlib's LearnerGroup.__del__ (Tune stopping a trial early) or
+    EnvRunner.__del__ (env runners torn down at the end of a run) raise SystemExit, which
+    Python reports as "Exception ignored in"; those reports alone are dropped."""
     import sys
 
     code = (
@@ -218,12 +219,15 @@ def test_only_the_known_teardown_report_is_dropped():
         "quiet()\n"
         "class LearnerGroup:\n"
         "    def __del__(self): raise SystemExit(1)\n"
+        "class EnvRunner:\n"
+        "    def __del__(self): raise SystemExit(1)\n"
         "class UserThing:\n"
         "    def __del__(self): raise SystemExit(2)\n"
-        "LearnerGroup(); UserThing()\n"
+        "LearnerGroup(); EnvRunner(); UserThing()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "LearnerGroup.__del__" not in proc.stderr
+    assert "EnvRunner.__del__" not in proc.stderr
     assert "Exception ignored in: <function UserThing.__del__" in proc.stderr
     assert "SystemExit: 2" in proc.stderr
