@@ -353,3 +353,45 @@ def test_direction_agreement_compares_consecutive_minibatches_of_an_iteration():
         else:
             for key in keys:
                 assert float(out[key].peek()) == pytest.approx(1.0, abs=1e-4), key
+
+
+@pytest.mark.parametrize("averaging, jc, averaged", [
+    ("cost", 40.0, True),     # w_c = 1: the step is -g_c, averaged
+    ("both", 0.0, True),      # w_r = 1: the step is g_r, averaged
+    ("cost", 0.0, False),     # w_r = 1: 'cost' leaves g_r as it is
+])
+def test_gradient_averaging_steps_along_the_mean_of_the_iterations_gradients(
+        averaging, jc, averaged):
+    """gradient_averaging: with plain gradients, the hard margin (one direction only), no
+    projection and the step capped by max_step_size (so each step is max_step_size times
+    the direction, exactly), two epochs over one minibatch move the policy by s g_1, then
+    by s g_2 (plain) or s (g_1 + g_2) / 2 (averaged), where g_2 is the gradient at the
+    weights after the first step. Three real updates give g_1 and g_2 independently of the
+    averaging code: one epoch (s g_1) and two plain epochs (s g_1 + s g_2)."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+
+    def moved(epochs: int, gradient_averaging: str) -> dict[str, np.ndarray]:
+        learner = toy_config(use_kfac=False, margin_schedule="hard", projection="none",
+                             trust_region_kl=1e3, max_step_size=0.5, kl_rollback=False,
+                             gradient_averaging=gradient_averaging).training(
+            num_epochs=epochs).build_learner(spaces=spaces)
+        module = learner.module["default_policy"].unwrapped()
+        before = {k: v.detach().double().numpy().copy() for k, v in module.state_dict().items()}
+        out = learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": jc},
+                             num_epochs=epochs, minibatch_size=204)["default_policy"]
+        assert float(out["policy_steps"].peek()) == epochs
+        assert float(out["step_size"].peek()) == pytest.approx(0.5)
+        after = module.state_dict()
+        return {k: after[k].detach().double().numpy() - before[k] for k in before
+                if k.startswith(POLICY_KEYS)}
+
+    first = moved(1, "none")                                # s g_1
+    second = {k: v - first[k] for k, v in moved(2, "none").items()}  # s g_2
+    got = {k: v - first[k] for k, v in moved(2, averaging).items()}
+    expected = {k: 0.5 * (first[k] + second[k]) if averaged else second[k] for k in first}
+    change = max(float(np.abs(second[k] - first[k]).max()) for k in first)
+    assert change > 1e-6  # g_2 differs from g_1, so the two expectations differ
+    for key in first:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=change * 1e-3,
+                                   err_msg=key)

@@ -63,6 +63,7 @@ BAD_VALUES = [
     (KFCPOConfig, "training", "margin_integral_gain", -0.1, "finite number >= 0"),
     (KFCPOConfig, "training", "log_std_trust_region_kl", 0.0, "None or a finite number > 0"),
     (KFCPOConfig, "training", "step_rule", "cpo", "one of ('blend', 'span')"),
+    (KFCPOConfig, "training", "gradient_averaging", "reward", "one of ('none', 'cost', 'both')"),
     (KFCPOConfig, "training", "adaptive_trust_region", 1, "True or False"),
     (PPOLagConfig, "training", "cost_window_episodes", -1, "integer >= 0"),
     (KFCPOConfig, "training", "cost_window_episodes", True, "integer >= 0"),

@@ -22,6 +22,7 @@ MARGIN_SCHEDULES = ("sigmoid", "hard")
 STEP_RULES = ("blend", "span")
 STEP_METRICS = ("kfac", "exact")
 PROJECTIONS = ("harmful", "both", "none")
+GRADIENT_AVERAGING = ("none", "cost", "both")
 
 #: name -> (default, one-line description); the single place each KFCPO setting is documented.
 KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
@@ -29,6 +30,11 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "critic_minibatch_size": (None, "Rows per critic Adam step: each policy minibatch is "
                                     "cut into slices of this size, one critic step each "
                                     "(None: one critic step per policy minibatch)."),
+    "gradient_averaging": ("none", "Which policy gradients are replaced by the running mean "
+                                   "of this iteration's minibatch gradients so far before "
+                                   "preconditioning: 'none', 'cost' (g_c) or 'both' (g_r "
+                                   "and g_c); less minibatch noise, and from the second "
+                                   "epoch on close to the whole batch's gradient."),
     "kfac_damping": (1e-2, "Damping added to the Kronecker eigenvalue products."),
     "kfac_damping_relative": (False, "Scale kfac_damping by each block's mean curvature "
                                      "(mean Kronecker eigenvalue product), so one value "
@@ -77,6 +83,7 @@ _POSITIVE = "a finite number > 0"
 KFCPO_RULES = (
     Rule("use_kfac", boolean, "True or False"),
     Rule("critic_minibatch_size", optional(integer(1)), "None or an integer >= 1"),
+    Rule("gradient_averaging", one_of(GRADIENT_AVERAGING), f"one of {GRADIENT_AVERAGING}"),
     Rule("kfac_damping", number(0, low_open=True), f"{_POSITIVE} (typical 1e-3..1e-1)"),
     Rule("kfac_damping_relative", boolean, "True or False"),
     Rule("kfac_decay", number(0, 1, low_open=True, high_open=True), "in (0, 1)"),
