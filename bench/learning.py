@@ -278,8 +278,36 @@ ALGO_SETTINGS = {
 }
 
 
+#: Learner metrics (``learners/default_policy/<name>`` in progress.csv) that --summarise
+#: reports as the mean over a run's last 10 % of iterations, where the run logged them:
+#: the margin weight, the policy's entropy and log-std, the steps kept, the real KL of a
+#: kept step, and the agreement of consecutive minibatches' directions (KFCPO's
+#: rllib_kfcpo.algorithms.kfcpo.metrics; the baselines log the entropy).
+DIAGNOSTICS = ("weight_cost", "entropy", "log_std_mean", "policy_steps", "kl_of_step",
+               "reward_gradient_agreement", "cost_gradient_agreement",
+               "reward_natural_agreement", "cost_natural_agreement")
+
+
+def run_diagnostics(trial_dir: Path) -> dict[str, float]:
+    """:data:`DIAGNOSTICS` of one run: means over its last 10 % of iterations."""
+    import csv
+
+    from rllib_kfcpo.cli.run import final_rows
+
+    rows = list(csv.DictReader((trial_dir / "progress.csv").open()))
+    tail = rows[-final_rows(len(rows)):] if rows else []
+    out = {}
+    for name in DIAGNOSTICS:
+        values = [float(r[key]) for r in tail
+                  if (key := f"learners/default_policy/{name}") in r and r[key] != ""]
+        if values:
+            out[name] = float(np.nanmean(values))
+    return out
+
+
 def summarise_runs(root: Path, limit: float = 25.0) -> dict[str, dict]:
-    """Headline-style records (:func:`run_record`) of every run below ``root``, by variant.
+    """Headline-style records (:func:`run_record`) of every run below ``root``, by variant,
+    each with its learner :data:`DIAGNOSTICS` (``diagnostics``).
 
     For sweeps stopped before their budget too: ``steps`` says how far each run got.
     """
@@ -290,8 +318,9 @@ def summarise_runs(root: Path, limit: float = 25.0) -> dict[str, dict]:
         runs = []
         for trial in trials:
             seed = json.loads((Path(trial["dir"]) / "params.json").read_text()).get("seed")
-            runs.append(run_record(trial, env="", algo=name, seed=seed, limit=limit,
-                                   wall_s=math.nan))
+            runs.append({**run_record(trial, env="", algo=name, seed=seed, limit=limit,
+                                      wall_s=math.nan),
+                         "diagnostics": run_diagnostics(Path(trial["dir"]))})
         returns = [r["final_return"] for r in runs]
         costs = [r["final_cost"] for r in runs]
         out[name] = {"runs": runs, "return_mean": float(np.mean(returns)),
@@ -302,6 +331,10 @@ def summarise_runs(root: Path, limit: float = 25.0) -> dict[str, dict]:
               f"{out[name]['return_mean']:6.2f} +- {out[name]['return_std']:5.2f} | cost "
               f"{out[name]['cost_mean']:6.1f} (max {out[name]['cost_max']:6.1f}) | violation "
               f"{out[name]['violation_mean']:6.1f} | seeds {[r['seed'] for r in runs]}")
+        shown = [k for k in DIAGNOSTICS if all(k in r["diagnostics"] for r in runs)]
+        if shown:
+            print(" " * 33 + "| final 10 %, per seed: " + "; ".join(
+                f"{k} " + "/".join(f"{r['diagnostics'][k]:.3g}" for r in runs) for k in shown))
     return out
 
 

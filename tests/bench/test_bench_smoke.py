@@ -8,12 +8,16 @@ shared machine they are noise at this size.
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOAT = r"-?\d+(?:\.\d+)?"
@@ -71,6 +75,19 @@ def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
     assert env_rows["KFCPO"]["seeds"] == 1
     assert 0.0 <= env_rows["PPOLag"]["within_limit"] <= 1.0
     assert list(tmp_path.rglob("learning_curves.png"))
+    # --summarise: each run's record with its learner diagnostics, the means over its last
+    # 10 % of iterations (recomputed here from one KFCPO run's progress.csv).
+    summary = tmp_path / "summary.json"
+    out = run_script("learning.py", "--summarise", str(tmp_path), "--records", str(summary))
+    assert re.search(r"^ +KFCPO \| steps +[\d,]+ \| return", out, re.MULTILINE), out
+    assert "final 10 %, per seed: weight_cost " in out, out
+    (run,) = json.loads(summary.read_text())["KFCPO"]["runs"]
+    (progress,) = [p for p in tmp_path.rglob("progress.csv") if p.parent.parent.name == "KFCPO"]
+    rows = list(csv.DictReader(progress.open()))
+    tail = rows[-max(1, math.ceil(0.1 * len(rows))):]
+    for name in ("weight_cost", "entropy", "policy_steps"):
+        values = [float(r[f"learners/default_policy/{name}"]) for r in tail]
+        assert run["diagnostics"][name] == pytest.approx(sum(values) / len(values)), name
 
 
 def test_headline_smoke_records_runs_and_skips_them_when_run_again(tmp_path: Path):
