@@ -108,8 +108,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
         # The previous minibatch's (g_r, g_c, n_r, n_c), flattened: the agreement metrics.
         self.previous_directions: dict[str, list[torch.Tensor]] = {}
-        # gradient_averaging: this iteration's sums of minibatch (g_r, g_c) and their count.
-        self.gradient_sums: dict[str, tuple[list[torch.Tensor], list[torch.Tensor], int]] = {}
+        # gradient_averaging: this iteration's sum of minibatch g_r or g_c and their count.
+        self.gradient_sums: dict[tuple[str, str], tuple[list[torch.Tensor], int]] = {}
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
             cfg = self.config.get_config_for_module(module_id)
@@ -179,9 +179,10 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                                                                    cfg)
         started = time.perf_counter()
         raw = [g_reward, g_cost]  # this minibatch's own gradients, for the agreement metrics
-        if cfg.gradient_averaging != "none":
-            g_reward, g_cost = self._iteration_mean_gradients(
-                module_id, g_reward, g_cost, reward_too=cfg.gradient_averaging == "both")
+        if cfg.gradient_averaging in ("cost", "both"):
+            g_cost = self._iteration_mean((module_id, "cost"), g_cost)
+        if cfg.gradient_averaging == "both":
+            g_reward = self._iteration_mean((module_id, "reward"), g_reward)
         if cfg.use_kfac:
             kfac.update_factors()
             (n_reward, n_cost), gram = kfac.natural_directions([g_reward, g_cost])
@@ -282,22 +283,15 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         return {key: float(torch.nn.functional.cosine_similarity(now, before, dim=0))
                 for key, now, before in zip(keys, flat, previous, strict=True)}
 
-    def _iteration_mean_gradients(self, module_id: str, g_reward: list[torch.Tensor],
-                                  g_cost: list[torch.Tensor], *, reward_too: bool,
-                                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``gradient_averaging``: the mean of this iteration's minibatch g_c (and g_r with
-        ``reward_too``) so far, this minibatch's included; the other one is passed through."""
-        sums = self.gradient_sums.get(module_id)
-        if sums is None:
-            sums = ([torch.zeros_like(t) for t in g_reward],
-                    [torch.zeros_like(t) for t in g_cost], 0)
-        sum_reward, sum_cost, count = sums
-        for total, new in zip([*sum_reward, *sum_cost], [*g_reward, *g_cost], strict=True):
+    def _iteration_mean(self, key: tuple[str, str],
+                        gradient: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``gradient_averaging``: the mean of this iteration's minibatch gradients under
+        ``key`` ((module id, 'reward' or 'cost')) so far, this minibatch's included."""
+        sums, count = self.gradient_sums.get(key, ([torch.zeros_like(t) for t in gradient], 0))
+        for total, new in zip(sums, gradient, strict=True):
             total.add_(new.detach())
-        count += 1
-        self.gradient_sums[module_id] = (sum_reward, sum_cost, count)
-        mean_cost = [t / count for t in sum_cost]
-        return ([t / count for t in sum_reward] if reward_too else g_reward), mean_cost
+        self.gradient_sums[key] = (sums, count + 1)
+        return [t / (count + 1) for t in sums]
 
     def _update_kl_ratio(self, step_kl: float, quad_kl: float) -> None:
         """Running geometric mean of real / quadratic KL of kept steps (clamped)."""
