@@ -223,6 +223,18 @@ class SafeAlgorithmConfig(PPOConfig):
         """Cost, batch-size and resource-count settings (one clear error per bad key)."""
         self._refuse_unused_settings()
         check_rules(self, SAFE_RULES)
+        gpus = float(self.num_gpus_per_learner or 0)
+        if self.num_learners > 1 and 0.0 < gpus < 1.0:
+            # Several learners all-reduce over NCCL once they hold GPUs, and NCCL refuses
+            # two ranks on one device ("Duplicate GPU detected", seen on an H200) only after
+            # every learner actor has started.
+            raise ValueError(
+                f"learners(num_learners={self.num_learners}, num_gpus_per_learner={gpus:g}) "
+                "puts several learners on one GPU, which their NCCL all-reduce refuses. "
+                "Give each learner a whole GPU (num_gpus_per_learner=1, one GPU per "
+                "learner), use one GPU learner (num_learners=0 or 1), or train the learners "
+                "on CPU (num_gpus_per_learner=0)."
+            )
         tbs = self.train_batch_size_per_learner
         if isinstance(tbs, int) and isinstance(self.minibatch_size, int) \
                 and self.minibatch_size > tbs:

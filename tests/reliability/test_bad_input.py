@@ -136,6 +136,19 @@ def test_minibatch_is_compared_with_the_per_learner_batch():
         config.validate()
 
 
+def test_learners_sharing_a_gpu_are_refused_with_the_fix():
+    """Two learners on half a GPU each fail inside NCCL after they start (measured on an
+    H200: "Duplicate GPU detected"); the config refuses it first, naming both keys."""
+    config = tiny().learners(num_learners=2, num_gpus_per_learner=0.5).training(
+        train_batch_size=400, minibatch_size=100)
+    with pytest.raises(ValueError) as info:
+        config.validate()
+    message = str(info.value)
+    assert "num_learners=2, num_gpus_per_learner=0.5" in message
+    assert "num_gpus_per_learner=1" in message and "num_gpus_per_learner=0)" in message
+    tiny().learners(num_learners=1, num_gpus_per_learner=0.5).validate()  # one learner: fine
+
+
 def test_multiplier_above_its_bound():
     config = tiny(PPOLagConfig).training(lagrangian_multiplier_init=2.0,
                                          lagrangian_upper_bound=1.0)
