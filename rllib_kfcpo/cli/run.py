@@ -78,6 +78,12 @@ def _counter(value: float, width: int, key: str, measured: str, stop: dict[str, 
     return f"{int(value):>{width},}/{int(stop[key]):,} ({int(fraction * 100)} %)"
 
 
+def _metric(value: Any, width: int) -> str:
+    """A per-episode metric with 3 decimals, or ``-`` when no episode ended (NaN)."""
+    value = float(value)
+    return f"{value:{width}.3f}" if math.isfinite(value) else f"{'-':>{width}}"
+
+
 def progress_line(result: dict[str, Any], cost_limit: float, label: str = "",
                   stop: dict[str, Any] | None = None) -> str:
     """``iter | env steps | return | episode cost vs limit | KL | time [| eta]`` for one result.
@@ -85,7 +91,9 @@ def progress_line(result: dict[str, Any], cost_limit: float, label: str = "",
     With a ``training_iteration`` or ``num_env_steps_sampled_lifetime`` stop criterion,
     that counter shows its target and the percentage done, e.g. ``steps
     120,000/1,000,000 (12 %)``, and the line ends with the estimated time left at the
-    mean speed so far (``| eta 14m``).
+    mean speed so far (``| eta 14m``). Return and cost show ``-`` for an iteration in
+    which no episode ended (long episodes spread over many envs: 1000-step episodes on
+    96 envs end about every fifth 20,000-step iteration).
     """
     learner = _get(result, "learners/default_policy", {})
     kl = learner.get("kl_after_step", learner.get("mean_kl", math.nan)) if learner else math.nan
@@ -98,8 +106,8 @@ def progress_line(result: dict[str, Any], cost_limit: float, label: str = "",
     line = (
         f"{label}iter {iteration} | "
         f"steps {steps} | "
-        f"return {float(_get(result, RETURN_KEY)):9.3f} | "
-        f"cost {float(cost):8.3f}{flag}/ limit {cost_limit:g} | "
+        f"return {_metric(_get(result, RETURN_KEY), 9)} | "
+        f"cost {_metric(cost, 8)}{flag}/ limit {cost_limit:g} | "
         f"kl {float(kl):.5f} | "
         f"{float(result.get('time_this_iter_s', math.nan)):6.1f}s"
     )
@@ -115,16 +123,22 @@ def course_line(frame: Any, cost_limit: float) -> str:
 
     ``frame`` is the trial's per-iteration results (Tune's ``Result.metrics_dataframe``);
     "final" is the mean over the last :func:`final_rows` iterations, the rule of
-    ``bench/learning.py``. The verdict is on Jc, the windowed episode cost the algorithm
-    constrains (``cost_window_episodes``), when the results have it; otherwise on the
-    iterations' episode cost. Empty when the return or cost column is missing.
+    ``bench/learning.py``. Iterations in which no episode ended (NaN return) are left out
+    of both ends, and the line says so. The verdict is on Jc, the windowed episode cost
+    the algorithm constrains (``cost_window_episodes``), when the results have it;
+    otherwise on the iterations' episode cost. Empty when the return or cost column is
+    missing.
     """
     if frame is None or RETURN_KEY not in frame or COST_KEY not in frame or not len(frame):
         return ""
-    tail = final_rows(len(frame))
+    ended = np.isfinite(frame[RETURN_KEY].astype(float).to_numpy())
+    if not ended.any():
+        return "no episode ended in the run: its episodes are longer than what it sampled"
+    rows = frame[ended]
+    tail = final_rows(len(rows))
 
     def first_and_final(key: str) -> tuple[float, float]:
-        values = frame[key].astype(float).to_numpy()
+        values = rows[key].astype(float).to_numpy()
         return float(values[0]), float(np.nanmean(values[-tail:]))
 
     (r0, r1), (c0, c1) = first_and_final(RETURN_KEY), first_and_final(COST_KEY)
@@ -135,8 +149,12 @@ def course_line(frame: Any, cost_limit: float) -> str:
         line += f", Jc {w0:.1f} -> {w1:.1f}"
         judged, what = w1, "Jc"
     verdict = "within the limit" if judged <= cost_limit else "over the limit"
-    return (f"{line} ({what} {verdict} {cost_limit:g}; first iteration -> mean of the "
-            f"last {tail})")
+    if ended.all():
+        span = f"first iteration -> mean of the last {tail}"
+    else:
+        span = (f"first iteration with an ended episode -> mean of the last {tail} such; "
+                f"{int((~ended).sum())} of {len(ended)} iterations ended none")
+    return f"{line} ({what} {verdict} {cost_limit:g}; {span})"
 
 
 class ProgressPrinter(tune.Callback):

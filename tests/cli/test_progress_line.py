@@ -86,3 +86,23 @@ def test_course_line_compares_the_first_iteration_with_the_last_tenth():
     assert "Jc within the limit 60" in course_line(frame, 60.0)
     assert course_line(pd.DataFrame({RETURN_KEY: returns}), 25.0) == ""
     assert course_line(None, 25.0) == ""
+
+
+def test_iterations_without_an_ended_episode_show_a_dash_and_are_left_out_of_the_course():
+    """Seen on a 16-core GPU machine: 1000-step episodes on 96 envs end about every fifth
+    20,000-step iteration, so most results carry NaN return and cost."""
+    result = _result(4, 80_000, 40.0)
+    result["env_runners"] = {"episode_return_mean": math.nan, "episode_cost_mean": math.nan}
+    line = progress_line(result, 25.0)
+    assert "| return         - | cost        - / limit 25 |" in line
+    assert "nan" not in line
+    nan = math.nan
+    returns = [nan, nan, 1.0, nan, nan, 3.0, nan, nan, 5.0, nan, nan, 7.0]
+    costs = [nan, nan, 40.0, nan, nan, 30.0, nan, nan, 20.0, nan, nan, 10.0]
+    line = course_line(pd.DataFrame({RETURN_KEY: returns, COST_KEY: costs}), 25.0)
+    # 4 iterations ended episodes: first 1.0 / 40.0, final = the last of them (10 % of 4).
+    assert line.startswith("return 1.00 -> 7.00, episode cost 40.0 -> 10.0 (episode cost "
+                           "within the limit 25; first iteration with an ended episode")
+    assert "8 of 12 iterations ended none" in line
+    empty = pd.DataFrame({RETURN_KEY: [nan, nan], COST_KEY: [nan, nan]})
+    assert course_line(empty, 25.0).startswith("no episode ended in the run")
