@@ -5,8 +5,10 @@ need 3 CPUs, so ``rllib train --algo KFCPO --env SafetyPointGoal1-v0`` on a 2-CP
 would be refused. When the user sets no layout key (:data:`LAYOUT_KEYS`, in the YAML or
 with ``--config``), :func:`fit_layout` shrinks the defaults to what Ray sees:
 
-- one GPU or more: the learner trains on one GPU in the trial's process
-  (``num_gpus_per_learner=1``, ``num_learners=0``);
+- a GPU for every trial that runs at once (one per seed): the learner trains on one GPU
+  in the trial's process (``num_gpus_per_learner=1``, ``num_learners=0``); with fewer
+  GPUs than trials the learners stay on CPU, so the seeds still run side by side
+  (measured on a 1-GPU, 16-core machine: 3 seeds with GPU learners ran one at a time);
 - env runners: the algorithm's default number (2), at most the CPUs left after the
   trial's own process and any learner actors; 0 means sampling in the trial's process.
 
@@ -45,8 +47,9 @@ def _learner_cpus(config: Any) -> float:
     return float(per) * int(config.num_learners or 0)
 
 
-def layout_line(config: Any, cpus: float, gpus: float, chosen: bool) -> str:
-    """One line describing the layout, e.g. ``1 env runner + learner on CPU ...``."""
+def layout_line(config: Any, cpus: float, gpus: float, chosen: bool, trials: int = 1) -> str:
+    """One line describing the layout, e.g. ``1 env runner + learner on CPU ...``; with
+    several trials, the resources are each trial's."""
     runners = int(config.num_env_runners or 0)
     learners = int(config.num_learners or 0)
     gpu = float(config.num_gpus_per_learner or 0)
@@ -61,11 +64,13 @@ def layout_line(config: Any, cpus: float, gpus: float, chosen: bool) -> str:
     need = main + runners * float(config.num_cpus_per_env_runner or 0) + _learner_cpus(config)
     origin = ("chosen to fit; set num_env_runners / num_learners / num_gpus_per_learner "
               "with --config to choose") if chosen else "as configured"
+    each = f" per trial, {trials} trials" if trials > 1 else ""
     return (f"== layout: {runner} + {learner}: {need:g} of {cpus:g} CPUs, "
-            f"{gpu * max(learners, 1) if gpu else 0:g} of {gpus:g} GPUs ({origin})")
+            f"{gpu * max(learners, 1) if gpu else 0:g} of {gpus:g} GPUs{each} ({origin})")
 
 
-def fit_layout(config: Any, user_keys: set[str], cpus: float, gpus: float) -> bool:
+def fit_layout(config: Any, user_keys: set[str], cpus: float, gpus: float,
+               trials: int = 1) -> bool:
     """Shrinks the layout keys the user did not set so one trial fits; True if changed.
 
     Args:
@@ -73,9 +78,12 @@ def fit_layout(config: Any, user_keys: set[str], cpus: float, gpus: float) -> bo
         user_keys: layout keys the user set (:func:`user_layout_keys`): kept as given.
         cpus: CPUs of the Ray cluster.
         gpus: GPUs of the Ray cluster.
+        trials: trials meant to run at once (seeds): a GPU learner is chosen only when
+            every one of them can have its own GPU.
     """
     changed = False
-    if gpus >= 1 and not (set(LEARNER_KEYS) & user_keys) and not config.num_gpus_per_learner:
+    if gpus >= max(trials, 1) and not (set(LEARNER_KEYS) & user_keys) \
+            and not config.num_gpus_per_learner:
         config.learners(num_learners=0, num_gpus_per_learner=1)
         changed = True
     if not (set(RUNNER_KEYS) & user_keys):

@@ -177,7 +177,8 @@ class ProgressPrinter(tune.Callback):
 
 def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | None,
                      checkpoint_freq: int | None, resume: bool,
-                     user_config: dict[str, Any] | None = None) -> tuple[str, str]:
+                     user_config: dict[str, Any] | None = None,
+                     trials: int = 1) -> tuple[str, str]:
     """What `rllib train` and `rllib tune` do before Tune starts; returns
     ``(storage root, experiment dir)``.
 
@@ -191,7 +192,8 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
     With ``user_config`` (the config keys the user set), the layout keys it does not set
     are first shrunk to fit the cluster (:func:`rllib_kfcpo.cli.layout.fit_layout`,
     ``config`` is changed in place) and the layout is printed in one line; a layout that
-    does not fit is refused with a ``--config`` override that would.
+    does not fit is refused with a ``--config`` override that would. ``trials`` (the
+    seeds run at once) decides whether a GPU learner is chosen: only with a GPU each.
 
     Raises:
         ExperimentError: nothing to resume, or the trial does not fit the cluster.
@@ -227,7 +229,8 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
     cpus, gpus = float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0))
     chosen = False
     if user_config is not None:
-        chosen = fit_layout(config, user_layout_keys(config, user_config), cpus, gpus)
+        chosen = fit_layout(config, user_layout_keys(config, user_config), cpus, gpus,
+                            trials)
     try:
         check_cluster_resources(config, include_main_process=True)
     except ClusterResourceError as err:
@@ -235,7 +238,7 @@ def prepare_tune_run(config: Any, *, label: str, name: str, storage_path: str | 
         fix = f" This fits: {override_hint(hint)}." if hint else ""
         raise ExperimentError(f"[{label}] {err}{fix}") from err
     if user_config is not None:
-        print(layout_line(config, cpus, gpus, chosen), flush=True)
+        print(layout_line(config, cpus, gpus, chosen, trials), flush=True)
     return storage, exp_dir
 
 
@@ -248,7 +251,8 @@ def run_experiment(exp: Experiment, *, storage_path: str | None = None,
     freq = exp.checkpoint_freq if checkpoint_freq is None else checkpoint_freq
     storage, exp_dir = prepare_tune_run(config, label=exp.name, name=exp.name,
                                         storage_path=storage_path, checkpoint_freq=freq,
-                                        resume=resume, user_config=exp.config)
+                                        resume=resume, user_config=exp.config,
+                                        trials=max(len(exp.seeds), 1))
     param_space = config.to_dict()
     if exp.seeds:
         param_space["seed"] = tune.grid_search(exp.seeds)

@@ -21,7 +21,12 @@ from pathlib import Path
 import pytest
 
 from rllib_kfcpo.cli.experiment import build_algorithm_config
-from rllib_kfcpo.cli.layout import fit_layout, fitting_override, user_layout_keys
+from rllib_kfcpo.cli.layout import (
+    fit_layout,
+    fitting_override,
+    layout_line,
+    user_layout_keys,
+)
 from rllib_kfcpo.cli.main import main
 from rllib_kfcpo.envs.toy import ACTION_COST_ENV
 from tests.cli.test_cli_end_to_end import ROOT, rllib_command
@@ -194,6 +199,18 @@ def test_default_layout_arithmetic(cpus, gpus, runners, gpu):
     assert config.num_gpus_per_learner == gpu
     assert changed == (runners != 2 or gpu != 0)
     assert fitting_override(config, cpus, gpus) == {}  # the chosen layout fits
+
+
+@pytest.mark.parametrize("trials,gpus,gpu", [(1, 1, 1), (3, 1, 0), (3, 2, 0), (3, 4, 1)])
+def test_gpu_learners_only_when_every_trial_gets_one(trials, gpus, gpu):
+    """Seen on a 1-GPU, 16-core machine: 3 seeds with a GPU learner each ran one at a
+    time. With fewer GPUs than trials the learners stay on CPU and the seeds run at once."""
+    config = _config()
+    fit_layout(config, user_layout_keys(config, TINY), 16, gpus, trials=trials)
+    assert config.num_gpus_per_learner == gpu and config.num_learners == 0
+    line = layout_line(config, 16, gpus, True, trials)
+    assert ("learner on 1 GPU" if gpu else "learner on CPU") in line
+    assert (f"per trial, {trials} trials" in line) == (trials > 1)
 
 
 def test_user_layout_keys_are_kept():
