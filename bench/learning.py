@@ -290,16 +290,16 @@ DIAGNOSTICS = ("weight_cost", "entropy", "log_std_mean", "policy_steps", "kl_of_
 
 def run_diagnostics(trial_dir: Path) -> dict[str, float]:
     """:data:`DIAGNOSTICS` of one run: means over its last 10 % of iterations."""
-    import csv
-
+    from rllib_kfcpo.cli.plot import read_rows
     from rllib_kfcpo.cli.run import final_rows
 
-    rows = list(csv.DictReader((trial_dir / "progress.csv").open()))
+    rows = read_rows(trial_dir)
     tail = rows[-final_rows(len(rows)):] if rows else []
     out = {}
     for name in DIAGNOSTICS:
         values = [float(r[key]) for r in tail
-                  if (key := f"learners/default_policy/{name}") in r and r[key] != ""]
+                  if (key := f"learners/default_policy/{name}") in r
+                  and r[key] not in ("", None)]
         if values:
             out[name] = float(np.nanmean(values))
     return out

@@ -22,13 +22,52 @@ import numpy as np
 from rllib_kfcpo.cli.run import COST_KEY, COST_WINDOW_KEY, RETURN_KEY, STEPS_KEY
 
 
+def _flatten(result: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Tune's nested result as progress.csv names its columns (``env_runners/...``)."""
+    flat: dict[str, Any] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_rows(trial_dir: Path) -> list[dict[str, Any]]:
+    """One trial's per-iteration results, one flat dict per iteration, in order.
+
+    Read from ``result.json`` (one JSON object per line) when the trial has it, else from
+    ``progress.csv``. A trial resumed from a checkpoint has the iterations between that
+    checkpoint and the interruption twice, and its ``progress.csv`` gains rows whose
+    columns no longer match the header (seen on a resumed headline group: return and cost
+    read from other columns); so the JSON lines are preferred, and of an iteration logged
+    twice the later row (the resumed run's) is kept.
+    """
+    results = trial_dir / "result.json"
+    if results.is_file():
+        rows = [_flatten(json.loads(line)) for line in results.open() if line.strip()]
+    else:
+        rows = list(csv.DictReader((trial_dir / "progress.csv").open()))
+    by_iteration: dict[Any, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        iteration = row.get("training_iteration")
+        key = float(iteration) if iteration not in (None, "") else ("row", i)
+        by_iteration.pop(key, None)  # a re-logged iteration moves to the resumed position
+        by_iteration[key] = row
+    return list(by_iteration.values())
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None or value == "" else float(value)
+
+
 def read_trial(trial_dir: Path) -> dict[str, Any]:
     """Steps, returns, costs, Jc (the windowed episode cost; NaN where not logged) and the
-    cost limit of one trial directory."""
-    rows = list(csv.DictReader((trial_dir / "progress.csv").open()))
+    cost limit of one trial directory (:func:`read_rows`)."""
+    rows = read_rows(trial_dir)
 
     def column(key: str) -> np.ndarray:
-        return np.array([float(r.get(key) or "nan") for r in rows])
+        return np.array([_number(r.get(key)) for r in rows])
 
     limit = math.nan
     params = trial_dir / "params.json"
