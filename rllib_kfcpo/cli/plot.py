@@ -1,6 +1,7 @@
 """Learning curves (episode return and episode cost vs env steps) from Tune result dirs.
 
-Reads every ``progress.csv`` below the given directories, groups trials by experiment
+Finds every trial (a ``progress.csv``) below the given directories, reads its rows with
+:func:`read_rows` (``result.json`` when present: resumed trials), groups trials by experiment
 (the directory that holds the trial directories), interpolates each trial onto a common
 step grid and draws the mean with a min-max band over trials (seeds), plus the cost
 limit as a dashed line. Returns the plotted data and writes it next to the PNG
