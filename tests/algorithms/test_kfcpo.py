@@ -239,6 +239,46 @@ def test_margin_integral_sums_the_relative_excess_clamps_it_and_shifts_the_weigh
     assert restored.margin_integral == learner.margin_integral
 
 
+def test_pid_margin_schedule_weights_follow_an_independent_pid_on_the_margin(tmp_path):
+    """margin_schedule='pid': once per iteration lambda = max(0, kp P + I + kd D) on the
+    error Jc - d (1 - margin_offset) (OmniSafe CPPOPID's controller, recomputed here from its
+    formulas), and the step's weights are (1, lambda) / (1 + lambda). The sigmoid's
+    temperature plays no part; the controller's state survives a checkpoint."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    limit, offset, (kp, ki, kd) = 5.0, 0.2, (0.3, 0.05, 0.2)
+    config = toy_config(margin_schedule="pid", margin_offset=offset,
+                        margin_pid_gains=[kp, ki, kd], margin_temperature=123.0)
+    learner = config.build_learner(spaces=spaces)
+    setpoint = limit * (1.0 - offset)
+    integral, p_term, smoothed, history = 1e-3, 0.0, 0.0, [0.0]
+    lam = 0.0
+    for jc in (12.0, 9.0, float("nan"), 2.0, 0.0, 7.0):
+        logged = learner.update(episodes=toy_episodes(),
+                                timesteps={"safe_episode_cost_mean": jc},
+                                num_epochs=1, minibatch_size=100)["default_policy"]
+        if jc == jc:  # not NaN: one controller step (NaN: no new Jc, no step)
+            integral = max(0.0, integral + ki * (jc - setpoint))
+            p_term = 0.95 * p_term + 0.05 * (jc - setpoint)
+            smoothed = 0.95 * smoothed + 0.05 * jc
+            lam = max(0.0, kp * p_term + integral + kd * max(0.0, smoothed - history[0]))
+            history = (history + [smoothed])[-10:]
+        assert learner.margin_pid.value == pytest.approx(lam, rel=1e-12)
+        assert float(logged["margin_multiplier"]) == pytest.approx(lam, rel=1e-12)
+        assert float(logged["weight_cost"]) == pytest.approx(lam / (1.0 + lam), rel=1e-9)
+        assert float(logged["weight_reward"]) == pytest.approx(1.0 / (1.0 + lam), rel=1e-9)
+    assert 0.0 < lam < 1.0  # the run visits both sides of the set-point
+    learner.save_to_path(str(tmp_path))
+    restored = config.build_learner(spaces=spaces)
+    restored.restore_from_path(str(tmp_path))
+    assert restored.margin_pid.state_dict() == learner.margin_pid.state_dict()
+
+
+def test_pid_margin_schedule_refuses_the_sigmoid_integral_term():
+    with pytest.raises(ValueError, match="own integral term.*margin_integral_gain=0.0"):
+        toy_config(margin_schedule="pid", margin_integral_gain=0.1).validate()
+
+
 def test_margin_cost_ema_is_validated():
     with pytest.raises(ValueError, match=r"margin_cost_ema must be in \(0, 1\]"):
         toy_config(margin_cost_ema=0.0).validate()

@@ -18,7 +18,7 @@ from rllib_kfcpo.safe.algorithm import SafeAlgorithm
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
 from rllib_kfcpo.safe.rules import Rule, boolean, check_rules, integer, number, one_of, optional
 
-MARGIN_SCHEDULES = ("sigmoid", "hard")
+MARGIN_SCHEDULES = ("sigmoid", "hard", "pid")
 STEP_RULES = ("blend", "span")
 STEP_METRICS = ("kfac", "exact")
 PROJECTIONS = ("harmful", "both", "none")
@@ -60,7 +60,13 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
                            "'span' (exact best reward step in span(n_r, n_c) that buys the "
                            "share 2 w_c - 1 of the largest cost decrease)."),
     "max_step_size": (1.0, "Upper bound on the step size a along the combined direction."),
-    "margin_schedule": ("sigmoid", "'sigmoid' (smooth margin weights) or 'hard' switch."),
+    "margin_schedule": ("sigmoid", "'sigmoid' (smooth margin weights), 'hard' switch, or "
+                                   "'pid' (w_c = lambda / (1 + lambda) with lambda a PID "
+                                   "controller's output on Jc - d (1 - margin_offset), "
+                                   "OmniSafe CPPOPID's controller; gains margin_pid_gains)."),
+    "margin_pid_gains": ((0.1, 0.01, 0.01), "(kp, ki, kd) of the 'pid' margin schedule "
+                                             "(OmniSafe CPPOPID's and PPOPIDLag's defaults; "
+                                             "its other settings are theirs too)."),
     "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
     "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
     "margin_cost_ema": (1.0, "Weight of the newest iteration's Jc in the margin's EMA of "
@@ -76,6 +82,11 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "rollback_backtracks": (3, "Retries of an undone step at half the size before freezing."),
     "target_kl": (0.02, "KL(behaviour || current) bound of the rollback, per iteration."),
 }
+
+
+def _three_gains(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(number(0)(v) for v in value))
 
 
 #: KFCPO's settings' rules (rllib_kfcpo.safe.rules); every key of KFCPO_SETTINGS has one.
@@ -100,6 +111,7 @@ KFCPO_RULES = (
     Rule("margin_offset", number(), "a finite number"),
     Rule("margin_cost_ema", number(0, 1, low_open=True), "in (0, 1]"),
     Rule("margin_integral_gain", number(0), "a finite number >= 0"),
+    Rule("margin_pid_gains", _three_gains, "a list of three finite numbers >= 0 (kp, ki, kd)"),
     Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
     Rule("normalize_directions", boolean, "True or False"),
     Rule("kl_rollback", boolean, "True or False"),
@@ -148,6 +160,12 @@ class KFCPOConfig(SafeAlgorithmConfig):
     def validate(self) -> None:
         super().validate()
         check_rules(self, KFCPO_RULES)
+        if self.margin_schedule == "pid" and self.margin_integral_gain > 0:
+            raise ValueError(
+                f"training(margin_integral_gain={self.margin_integral_gain!r}) is invalid "
+                "with margin_schedule='pid': the PID controller has its own integral term "
+                "(margin_pid_gains); set margin_integral_gain=0.0 or use the 'sigmoid' "
+                "schedule.")
 
 
 class KFCPO(SafeAlgorithm):

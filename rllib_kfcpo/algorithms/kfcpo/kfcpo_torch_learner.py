@@ -9,7 +9,8 @@ The step, numbered as in docs/algorithm.md (and marked so in ``_kfcpo_step``):
    (score of the batch's actions, importance-weighted to the current policy); the K-FAC
    factors are folded (and decomposed on the preconditioner's schedule) and the natural
    directions n_r = F^-1 g_r, n_c = F^-1 g_c come with their 2x2 Fisher Gram matrix;
-4. margin weights (w_r, w_c) from Jc and the limit d;
+4. margin weights (w_r, w_c) from Jc and the limit d (with ``margin_schedule="pid"``,
+   (1, lambda) / (1 + lambda) with lambda a PID controller's output on the margin);
 5. projection of the harmful direction when <n_r, n_c>_F < 0, blend d = w_r n_r' + w_c n_c';
 6. trust region: a = min(max_step_size, sqrt(2 trust_region_kl / d'Fd)) (budget divided by
    the measured real/quadratic KL ratio with ``adaptive_trust_region``); with
@@ -49,6 +50,7 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     gaussian_fisher_gram,
     gram_matrix,
     margin_weights,
+    multiplier_weights,
     resize_diagonal_block,
     solve_span_trust_region,
     trust_region_step_size,
@@ -63,6 +65,7 @@ from rllib_kfcpo.safe.columns import (
     EPISODE_COST_FOR_LEARNER,
 )
 from rllib_kfcpo.safe.learner import NonSGDPolicyLearner, SafeTorchLearner, masked_mean
+from rllib_kfcpo.safe.pid_lagrange import PIDLagrangian
 
 #: Exact Fisher of a Gaussian's log-std, per dimension: E[(z^2 - 1)^2] = 2.
 LOG_STD_FISHER = 2.0
@@ -106,6 +109,9 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.margin_cost = math.nan  # Jc as the margin weights see it (see margin_cost_ema)
         self.margin_integral = 0.0  # sum of gain * (margin_offset - m), clamped
         self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
+        # margin_schedule="pid": lambda from OmniSafe CPPOPID's controller on the margin's Jc.
+        kp, ki, kd = self.config.margin_pid_gains
+        self.margin_pid = PIDLagrangian(kp=kp, ki=ki, kd=kd)
         # The previous minibatch's (g_r, g_c, n_r, n_c), flattened: the agreement metrics.
         self.previous_directions: dict[str, list[torch.Tensor]] = {}
         # gradient_averaging: this iteration's sum of minibatch g_r or g_c and their count.
@@ -148,9 +154,14 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                           - cost_margin(self.margin_cost, self.config.cost_limit))
                 self.margin_integral = min(max(self.margin_integral + gain * excess,
                                                -MARGIN_INTEGRAL_RANGE), MARGIN_INTEGRAL_RANGE)
+            if self.config.margin_schedule == "pid":  # set-point: the margin at the offset
+                self.margin_pid.update(
+                    self.margin_cost, self.config.cost_limit * (1.0 - self.config.margin_offset))
         for module_id in self.module.keys():
             self.metrics.log_value((module_id, M.MARGIN_COST), self.margin_cost, window=1)
             self.metrics.log_value((module_id, M.MARGIN_INTEGRAL), self.margin_integral,
+                                   window=1)
+            self.metrics.log_value((module_id, M.MARGIN_MULTIPLIER), self.margin_pid.value,
                                    window=1)
 
     # --- The update ---------------------------------------------------------------------
@@ -195,13 +206,17 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                                      batch.get(Columns.LOSS_MASK))
             all_reduce_mean_([gram])
 
-        # Step 4: margin-aware weights from Jc and the limit (less the integral term).
+        # Step 4: margin-aware weights from Jc and the limit (less the integral term), or
+        # with margin_schedule="pid" from the PID multiplier on the margin.
         jc = self.margin_cost if math.isfinite(self.margin_cost) else 0.0
-        w_reward, w_cost = margin_weights(
-            cost_margin(jc, cfg.cost_limit) - self.margin_integral,
-            schedule=cfg.margin_schedule,
-            temperature=cfg.margin_temperature, offset=cfg.margin_offset,
-        )
+        if cfg.margin_schedule == "pid":
+            w_reward, w_cost = multiplier_weights(self.margin_pid.value)
+        else:
+            w_reward, w_cost = margin_weights(
+                cost_margin(jc, cfg.cost_limit) - self.margin_integral,
+                schedule=cfg.margin_schedule,
+                temperature=cfg.margin_temperature, offset=cfg.margin_offset,
+            )
 
         # Steps 5 and 6: projection and blend, then the trust-region size; or, with
         # step_rule="span", the exact trust-region step in span(n_r, n_c).
@@ -419,6 +434,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             "margin_cost": self.margin_cost,
             "margin_integral": self.margin_integral,
             "kl_ratio": self.kl_ratio,
+            "margin_pid": self.margin_pid.state_dict(),
         }
 
     @override(SafeTorchLearner)
@@ -427,6 +443,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.margin_cost = float(state.get("margin_cost", self.episode_cost))
         self.kl_ratio = float(state.get("kl_ratio", 1.0))
         self.margin_integral = float(state.get("margin_integral", 0.0))
+        if "margin_pid" in state:
+            self.margin_pid.load_state_dict(state["margin_pid"])
         for mid, kfac_state in state.get("kfac", {}).items():
             if mid in self.kfac:
                 self.kfac[mid].load_state_dict(kfac_state)

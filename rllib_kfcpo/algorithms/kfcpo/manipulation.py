@@ -50,6 +50,17 @@ def margin_weights(margin: float, *, schedule: str = "sigmoid", temperature: flo
     return 1.0 - w_cost, w_cost
 
 
+def multiplier_weights(multiplier: float) -> tuple[float, float]:
+    """(w_reward, w_cost) = (1, lambda) / (1 + lambda): the blend of the two directions is
+    then the natural gradient of the Lagrangian surrogate ``(A_r - lambda A_c) / (1 +
+    lambda)`` (the ``pid`` margin schedule; lambda >= 0, infinite means cost only)."""
+    if not multiplier >= 0.0:  # also refuses NaN
+        raise ValueError(f"multiplier={multiplier!r} is invalid: it must be >= 0.")
+    if math.isinf(multiplier):
+        return 0.0, 1.0
+    return 1.0 / (1.0 + multiplier), multiplier / (1.0 + multiplier)
+
+
 def gram_matrix(directions: Sequence[Direction], inner: Inner) -> torch.Tensor:
     """``(K, K)`` matrix of ``inner(u_k, u_l)`` (for a metric given as a callable)."""
     count = len(directions)

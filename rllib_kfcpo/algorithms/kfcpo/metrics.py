@@ -21,6 +21,7 @@ SKIPPED_STEPS = "skipped_steps"  # non-finite direction or zero step (sum)
 KFAC_SECONDS = "kfac_seconds"  # time in curvature, preconditioning and manipulation
 MARGIN_COST = "margin_episode_cost"  # the Jc the margin weights used (EMA, margin_cost_ema)
 MARGIN_INTEGRAL = "margin_integral"  # the integral term subtracted from the margin
+MARGIN_MULTIPLIER = "margin_multiplier"  # lambda of the 'pid' schedule (w_c = l / (1 + l))
 STEP_KL = "kl_of_step"  # real KL(before step || after step) of the kept step
 KL_RATIO = "kl_real_over_quadratic"  # running ratio real / quadratic KL of kept steps
 COST_REQUIREMENT = "cost_requirement"  # kappa of the span step (share of max cost decrease)
