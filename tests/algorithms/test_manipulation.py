@@ -19,6 +19,7 @@ from rllib_kfcpo.algorithms.kfcpo.manipulation import (
     euclidean_inner,
     gram_matrix,
     margin_weights,
+    multiplier_weights,
     resize_diagonal_block,
     trust_region_step_size,
 )
@@ -142,6 +143,27 @@ def test_margin_weights_are_continuous_monotone_and_sum_to_one():
     # The hard-switch ablation jumps at the offset.
     assert margin_weights(0.09, schedule="hard")[1] == 1.0
     assert margin_weights(0.11, schedule="hard")[1] == 0.0
+
+
+@pytest.mark.parametrize("lam", [0.0, 1e-3, 0.5, 1.0, 7.0, 1e9])
+def test_multiplier_weights_blend_is_the_lagrangian_surrogate(lam):
+    """(w_r, w_c) = (1, lambda) / (1 + lambda): the blend of the gradients of A_r and -A_c
+    equals the gradient of (A_r - lambda A_c) / (1 + lambda), checked by autograd."""
+    w_reward, w_cost = multiplier_weights(lam)
+    assert w_reward + w_cost == pytest.approx(1.0)
+    theta = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64, requires_grad=True)
+    reward, cost = (theta**2).sum() + theta[0], torch.sin(theta).sum()
+    g_r, g_c = torch.autograd.grad(reward, theta, retain_graph=True)[0], -torch.autograd.grad(
+        cost, theta, retain_graph=True)[0]
+    (lagrangian,) = torch.autograd.grad((reward - lam * cost) / (1.0 + lam), theta)
+    torch.testing.assert_close(w_reward * g_r + w_cost * g_c, lagrangian)
+
+
+def test_multiplier_weights_limits_and_bad_input():
+    assert multiplier_weights(math.inf) == (0.0, 1.0)
+    for bad in (-0.1, math.nan):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            multiplier_weights(bad)
 
 
 def test_cost_margin_is_relative_to_the_limit():
