@@ -135,6 +135,31 @@ def run_record(trial: dict, *, env: str, algo: str, seed: int, limit: float,
     }
 
 
+def window_means(trial: dict, start: int, end: int) -> dict[str, float]:
+    """Means of the training-time episode return and cost over the iterations whose
+    lifetime env steps lie in ``[start, end]`` (runs compared at matching steps, e.g. one
+    cut early against a finished one); NaN with ``iterations`` 0 when none does."""
+    steps = np.asarray(trial["steps"], dtype=float)
+    inside = (steps >= start) & (steps <= end)
+    if not inside.any():
+        return {"return": math.nan, "cost": math.nan, "iterations": 0}
+    return {"return": float(np.nanmean(np.asarray(trial["return"], dtype=float)[inside])),
+            "cost": float(np.nanmean(np.asarray(trial["cost"], dtype=float)[inside])),
+            "iterations": int(inside.sum())}
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``"A:B"`` (env steps, A <= B) as ``(A, B)``; one clear error otherwise."""
+    try:
+        start, end = (int(float(part)) for part in text.split(":"))
+    except ValueError:
+        start = end = -1
+    if not 0 <= start <= end:
+        raise SystemExit(f"--window {text!r} is invalid: give env steps as A:B with "
+                         "0 <= A <= B, e.g. --window 400000:600000.")
+    return start, end
+
+
 def load_records(path: Path) -> list[dict]:
     """The records of finished headline runs ([] when there are none yet)."""
     return json.loads(path.read_text()) if path.is_file() else []
@@ -307,9 +332,11 @@ def run_diagnostics(trial_dir: Path) -> dict[str, float]:
     return out
 
 
-def summarise_runs(root: Path, limit: float = 25.0) -> dict[str, dict]:
+def summarise_runs(root: Path, limit: float = 25.0,
+                   window: tuple[int, int] | None = None) -> dict[str, dict]:
     """Headline-style records (:func:`run_record`) of every run below ``root``, by variant,
-    each with its learner :data:`DIAGNOSTICS` (``diagnostics``).
+    each with its learner :data:`DIAGNOSTICS` (``diagnostics``) and, with ``window``, its
+    :func:`window_means` over those env steps (``window``).
 
     For sweeps stopped before their budget too: ``steps`` says how far each run got.
     """
@@ -323,6 +350,8 @@ def summarise_runs(root: Path, limit: float = 25.0) -> dict[str, dict]:
             runs.append({**run_record(trial, env="", algo=name, seed=seed, limit=limit,
                                       wall_s=math.nan),
                          "diagnostics": run_diagnostics(Path(trial["dir"]))})
+            if window is not None:
+                runs[-1]["window"] = window_means(trial, *window)
         returns = [r["final_return"] for r in runs]
         costs = [r["final_cost"] for r in runs]
         out[name] = {"runs": runs, "return_mean": float(np.mean(returns)),
@@ -333,6 +362,17 @@ def summarise_runs(root: Path, limit: float = 25.0) -> dict[str, dict]:
               f"{out[name]['return_mean']:6.2f} +- {out[name]['return_std']:5.2f} | cost "
               f"{out[name]['cost_mean']:6.1f} (max {out[name]['cost_max']:6.1f}) | violation "
               f"{out[name]['violation_mean']:6.1f} | seeds {[r['seed'] for r in runs]}")
+        if window is not None:
+            means = [r["window"] for r in runs]
+            out[name]["window"] = {
+                "steps": list(window),
+                "return_mean": float(np.mean([m["return"] for m in means])),
+                "cost_mean": float(np.mean([m["cost"] for m in means]))}
+            print(" " * 33 + f"| env steps {window[0]:,}-{window[1]:,}: return "
+                  f"{out[name]['window']['return_mean']:6.2f}, cost "
+                  f"{out[name]['window']['cost_mean']:6.1f}; per seed (return / cost / "
+                  "iterations) " + ", ".join(f"{m['return']:.2f} / {m['cost']:.1f} / "
+                                             f"{m['iterations']}" for m in means))
         shown = [k for k in DIAGNOSTICS if all(k in r["diagnostics"] for r in runs)]
         if shown:
             print(" " * 33 + "| final 10 %, per seed: " + "; ".join(
@@ -377,14 +417,20 @@ def main() -> None:
     parser.add_argument("--summarise", default=None, metavar="DIR",
                         help="print (and with --records write) the final return/cost of "
                              "every run below DIR (an --out of an earlier run), then exit")
+    parser.add_argument("--window", default=None, metavar="A:B",
+                        help="with --summarise: also the mean return and cost over the "
+                             "iterations between env steps A and B (runs at matching steps)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", default="bench_results/learning")
     args = parser.parse_args()
 
+    if args.window is not None and not args.summarise:
+        raise SystemExit("--window only applies to --summarise DIR: add --summarise.")
     if args.summarise:
+        window = parse_window(args.window) if args.window is not None else None
         table = summarise_runs(Path(args.summarise) / "SafetyPointGoal1-v0"
                                if (Path(args.summarise) / "SafetyPointGoal1-v0").is_dir()
-                               else Path(args.summarise))
+                               else Path(args.summarise), window=window)
         if args.records != str(HEADLINE_FILE):
             Path(args.records).write_text(json.dumps(table, indent=1))
         return
