@@ -74,6 +74,12 @@ def optional(inner: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or inner(value)
 
 
+def sequence_of(inner: Callable[[Any], bool], length: int) -> Callable[[Any], bool]:
+    """Predicate: a list or tuple of ``length`` items, each accepted by ``inner``."""
+    return lambda value: (isinstance(value, (list, tuple)) and len(value) == length
+                          and all(inner(item) for item in value))
+
+
 def check_rules(config: Any, rules: Sequence[Rule]) -> None:
     """Raises one ``ValueError`` for the first setting of ``config`` that breaks its rule."""
     for rule in rules:

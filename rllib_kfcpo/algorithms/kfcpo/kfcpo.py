@@ -16,7 +16,16 @@ from ray.rllib.utils.annotations import override
 
 from rllib_kfcpo.safe.algorithm import SafeAlgorithm
 from rllib_kfcpo.safe.config import SafeAlgorithmConfig
-from rllib_kfcpo.safe.rules import Rule, boolean, check_rules, integer, number, one_of, optional
+from rllib_kfcpo.safe.rules import (
+    Rule,
+    boolean,
+    check_rules,
+    integer,
+    number,
+    one_of,
+    optional,
+    sequence_of,
+)
 
 MARGIN_SCHEDULES = ("sigmoid", "hard", "pid")
 STEP_RULES = ("blend", "span")
@@ -84,11 +93,6 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
 }
 
 
-def _three_gains(value: Any) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == 3
-            and all(number(0)(v) for v in value))
-
-
 #: KFCPO's settings' rules (rllib_kfcpo.safe.rules); every key of KFCPO_SETTINGS has one.
 _POSITIVE = "a finite number > 0"
 KFCPO_RULES = (
@@ -111,7 +115,8 @@ KFCPO_RULES = (
     Rule("margin_offset", number(), "a finite number"),
     Rule("margin_cost_ema", number(0, 1, low_open=True), "in (0, 1]"),
     Rule("margin_integral_gain", number(0), "a finite number >= 0"),
-    Rule("margin_pid_gains", _three_gains, "a list of three finite numbers >= 0 (kp, ki, kd)"),
+    Rule("margin_pid_gains", sequence_of(number(0), 3),
+         "a list of three finite numbers >= 0 (kp, ki, kd)"),
     Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
     Rule("normalize_directions", boolean, "True or False"),
     Rule("kl_rollback", boolean, "True or False"),
