@@ -14,6 +14,11 @@ used by CPPOPID) computes it. Once per iteration, from the windowed episode cost
    neither ``sum_norm`` nor ``diff_norm`` also ``<= penalty_max``;
 6. the smoothed cost C is pushed into the delay line.
 
+``multiplier_max`` (ours, default infinite: OmniSafe's controller) is an anti-windup
+clamp: the integral and lambda both stay in [0, multiplier_max], so a long excess cannot
+store more multiplier than the cap, and the integral unwinds from the cap, not from the
+level the excess would have built.
+
 The integral starts at ``init`` (OmniSafe's ``lagrangian_multiplier_init``), lambda at 0
 until the first update. See docs/algorithm.md, "PPO-PID-Lagrangian".
 """
@@ -35,7 +40,7 @@ class PIDLagrangian:
                  d_delay: int = 10, delta_p_ema_alpha: float = 0.95,
                  delta_d_ema_alpha: float = 0.95, sum_norm: bool = True,
                  diff_norm: bool = False, penalty_max: float = 100.0,
-                 init: float = 1e-3) -> None:
+                 init: float = 1e-3, multiplier_max: float = math.inf) -> None:
         for name, value in (("pid_kp", kp), ("pid_ki", ki), ("pid_kd", kd),
                             ("lagrangian_multiplier_init", init)):
             if not _is_real(value) or not math.isfinite(value) or value < 0:
@@ -49,6 +54,10 @@ class PIDLagrangian:
                 raise ValueError(f"{name}={value!r} is invalid: it must be in [0, 1).")
         if not _is_real(penalty_max) or math.isnan(penalty_max) or penalty_max <= 0:
             raise ValueError(f"penalty_max={penalty_max!r} is invalid: it must be a number > 0.")
+        if not _is_real(multiplier_max) or math.isnan(multiplier_max) or multiplier_max <= 0:
+            raise ValueError(f"multiplier_max={multiplier_max!r} is invalid: it must be a "
+                             "number > 0 (math.inf: no cap).")
+        self.multiplier_max = float(multiplier_max)
         self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
         self.delta_p_ema_alpha = float(delta_p_ema_alpha)
         self.delta_d_ema_alpha = float(delta_d_ema_alpha)
@@ -74,7 +83,7 @@ class PIDLagrangian:
             return self._value
         jc = float(episode_cost)
         delta = jc - float(cost_limit)
-        self.integral = max(0.0, self.integral + delta * self.ki)
+        self.integral = min(max(0.0, self.integral + delta * self.ki), self.multiplier_max)
         if self.diff_norm:
             self.integral = min(1.0, self.integral)
         a_p = self.delta_p_ema_alpha
@@ -87,6 +96,7 @@ class PIDLagrangian:
             value = min(1.0, value)
         if not (self.diff_norm or self.sum_norm):
             value = min(value, self.penalty_max)
+        value = min(value, self.multiplier_max)
         self._value = value
         self.cost_ds.append(self.cost_d)
         return value

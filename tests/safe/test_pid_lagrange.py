@@ -62,6 +62,22 @@ def test_diff_norm_clamps_integral_and_lambda_to_one():
     assert values[3:] == [0.0, 0.0, 0.0]
 
 
+def test_multiplier_max_clamps_integral_and_lambda_so_the_integral_unwinds_from_the_cap():
+    pid = PIDLagrangian(**HAND, multiplier_max=12.0)
+    # HAND's steps with I and lambda both clamped to [0, 12]:
+    #  1: I min(5, 12) = 5     lambda min(30, 12)                      = 12
+    #  2: I min(15, 12) = 12   lambda min(12.5 + 12 + 40, 12)          = 12
+    #  3: I 12                 lambda min(6.25 + 12 + 10, 12)          = 12
+    #  4: I 12 - 5 = 7         lambda -1.875 + 7 (uncapped: I 10, 8.125) = 5.125
+    #  5: I 2                  lambda -5.9375 + 2 -> clamp             = 0
+    #  6: I max(0, 2 - 5) = 0  lambda                                  = 0
+    assert run(pid, COSTS) == pytest.approx([12.0, 12.0, 12.0, 5.125, 0.0, 0.0], abs=1e-12)
+    assert pid.integral == 0.0
+    # With sum_norm (OmniSafe's default, where penalty_max is ignored) the cap still holds.
+    summed = PIDLagrangian(**{**HAND, "sum_norm": True}, multiplier_max=12.0)
+    assert max(run(summed, COSTS)) == 12.0
+
+
 def test_unknown_cost_changes_nothing():
     pid = PIDLagrangian(**HAND)
     run(pid, COSTS[:2])
@@ -85,6 +101,7 @@ def test_state_round_trip_continues_the_same_sequence():
     ({"kp": -0.1}, "pid_kp"), ({"ki": math.nan}, "pid_ki"), ({"kd": True}, "pid_kd"),
     ({"d_delay": 0}, "pid_d_delay"), ({"delta_p_ema_alpha": 1.0}, "pid_delta_p_ema_alpha"),
     ({"penalty_max": 0.0}, "penalty_max"), ({"init": -1.0}, "lagrangian_multiplier_init"),
+    ({"multiplier_max": 0.0}, "multiplier_max"), ({"multiplier_max": math.nan}, "multiplier_max"),
 ])
 def test_bad_gains_are_refused(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -76,6 +76,9 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "margin_pid_gains": ((0.1, 0.01, 0.01), "(kp, ki, kd) of the 'pid' margin schedule "
                                              "(OmniSafe CPPOPID's and PPOPIDLag's defaults; "
                                              "its other settings are theirs too)."),
+    "margin_multiplier_max": (None, "Anti-windup cap of the 'pid' margin schedule: its "
+                                    "integral and lambda stay <= this (w_c <= cap / (1 + "
+                                    "cap)); None: no cap, as OmniSafe."),
     "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
     "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
     "margin_cost_ema": (1.0, "Weight of the newest iteration's Jc in the margin's EMA of "
@@ -117,6 +120,7 @@ KFCPO_RULES = (
     Rule("margin_integral_gain", number(0), "a finite number >= 0"),
     Rule("margin_pid_gains", sequence_of(number(0), 3),
          "a list of three finite numbers >= 0 (kp, ki, kd)"),
+    Rule("margin_multiplier_max", optional(number(0, low_open=True)), f"None or {_POSITIVE}"),
     Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
     Rule("normalize_directions", boolean, "True or False"),
     Rule("kl_rollback", boolean, "True or False"),
@@ -171,6 +175,12 @@ class KFCPOConfig(SafeAlgorithmConfig):
                 "with margin_schedule='pid': the PID controller has its own integral term "
                 "(margin_pid_gains); set margin_integral_gain=0.0 or use the 'sigmoid' "
                 "schedule.")
+        if self.margin_multiplier_max is not None and self.margin_schedule != "pid":
+            raise ValueError(
+                f"training(margin_multiplier_max={self.margin_multiplier_max!r}) is invalid "
+                f"with margin_schedule={self.margin_schedule!r}: the cap bounds the 'pid' "
+                "schedule's multiplier; set margin_schedule='pid' or margin_multiplier_max="
+                "None.")
 
 
 class KFCPO(SafeAlgorithm):

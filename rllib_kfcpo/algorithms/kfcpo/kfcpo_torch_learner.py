@@ -111,7 +111,9 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.kl_ratio = 1.0  # real / quadratic KL of kept steps (adaptive_trust_region)
         # margin_schedule="pid": lambda from OmniSafe CPPOPID's controller on the margin's Jc.
         kp, ki, kd = self.config.margin_pid_gains
-        self.margin_pid = PIDLagrangian(kp=kp, ki=ki, kd=kd)
+        cap = self.config.margin_multiplier_max
+        self.margin_pid = PIDLagrangian(kp=kp, ki=ki, kd=kd,
+                                        multiplier_max=math.inf if cap is None else cap)
         # The previous minibatch's (g_r, g_c, n_r, n_c), flattened: the agreement metrics.
         self.previous_directions: dict[str, list[torch.Tensor]] = {}
         # gradient_averaging: this iteration's sum of minibatch g_r or g_c and their count.
