@@ -309,26 +309,33 @@ ALGO_SETTINGS = {
 #: kept step, the agreement of consecutive minibatches' directions (KFCPO's
 #: rllib_kfcpo.algorithms.kfcpo.metrics; the baselines log the entropy), and how much of
 #: the returns' and cost returns' variance the two critics explain (every safe algorithm).
-DIAGNOSTICS = ("weight_cost", "entropy", "log_std_mean", "policy_steps", "kl_of_step",
-               "reward_gradient_agreement", "cost_gradient_agreement",
+DIAGNOSTICS = ("weight_cost", "margin_multiplier", "entropy", "log_std_mean", "policy_steps",
+               "kl_of_step", "reward_gradient_agreement", "cost_gradient_agreement",
                "reward_natural_agreement", "cost_natural_agreement",
                "vf_explained_var", "cost_vf_explained_var")
+#: Over every iteration of a run (not its last 10 %): the 'pid' margin multiplier's peak and
+#: the share of iterations whose cost weight is saturated (w_c > 0.95: nearly pure cost
+#: descent), the two numbers that tell a wound-up or bang-bang margin schedule.
+WHOLE_RUN = ("margin_multiplier_peak", "weight_cost_share_above_0.95")
 
 
 def run_diagnostics(trial_dir: Path) -> dict[str, float]:
-    """:data:`DIAGNOSTICS` of one run: means over its last 10 % of iterations."""
+    """:data:`DIAGNOSTICS` of one run, means over its last 10 % of iterations, and its
+    :data:`WHOLE_RUN` numbers over every iteration."""
     from rllib_kfcpo.cli.plot import read_rows
     from rllib_kfcpo.cli.run import final_rows
 
     rows = read_rows(trial_dir)
     tail = rows[-final_rows(len(rows)):] if rows else []
-    out = {}
-    for name in DIAGNOSTICS:
-        values = [float(r[key]) for r in tail
-                  if (key := f"learners/default_policy/{name}") in r
-                  and r[key] not in ("", None)]
-        if values:
-            out[name] = float(np.nanmean(values))
+    def values(name: str, among: list[dict]) -> list[float]:
+        key = f"learners/default_policy/{name}"
+        return [float(r[key]) for r in among if r.get(key) not in ("", None)]
+
+    out = {name: float(np.nanmean(v)) for name in DIAGNOSTICS if (v := values(name, tail))}
+    if multipliers := values("margin_multiplier", rows):
+        out["margin_multiplier_peak"] = float(np.nanmax(multipliers))
+    if weights := values("weight_cost", rows):
+        out["weight_cost_share_above_0.95"] = float(np.mean(np.asarray(weights) > 0.95))
     return out
 
 
@@ -373,10 +380,12 @@ def summarise_runs(root: Path, limit: float = 25.0,
                   f"{out[name]['window']['cost_mean']:6.1f}; per seed (return / cost / "
                   "iterations) " + ", ".join(f"{m['return']:.2f} / {m['cost']:.1f} / "
                                              f"{m['iterations']}" for m in means))
-        shown = [k for k in DIAGNOSTICS if all(k in r["diagnostics"] for r in runs)]
-        if shown:
-            print(" " * 33 + "| final 10 %, per seed: " + "; ".join(
-                f"{k} " + "/".join(f"{r['diagnostics'][k]:.3g}" for r in runs) for k in shown))
+        for label, names in (("final 10 %", DIAGNOSTICS), ("whole run", WHOLE_RUN)):
+            shown = [k for k in names if all(k in r["diagnostics"] for r in runs)]
+            if shown:
+                print(" " * 33 + f"| {label}, per seed: " + "; ".join(
+                    f"{k} " + "/".join(f"{r['diagnostics'][k]:.3g}" for r in runs)
+                    for k in shown))
     return out
 
 

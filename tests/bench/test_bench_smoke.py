@@ -77,17 +77,52 @@ def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
     assert list(tmp_path.rglob("learning_curves.png"))
     # --summarise: each run's record with its learner diagnostics, the means over its last
     # 10 % of iterations (recomputed here from one KFCPO run's progress.csv).
-    summary = tmp_path / "summary.json"
-    out = run_script("learning.py", "--summarise", str(tmp_path), "--records", str(summary))
-    assert re.search(r"^ +KFCPO \| steps +[\d,]+ \| return", out, re.MULTILINE), out
-    assert "final 10 %, per seed: weight_cost " in out, out
-    (run,) = json.loads(summary.read_text())["KFCPO"]["runs"]
+    # With --window A:B, also the means of the episode return and cost over the iterations
+    # whose env steps lie in [A, B] (here from the second iteration on).
     (progress,) = [p for p in tmp_path.rglob("progress.csv") if p.parent.parent.name == "KFCPO"]
     rows = list(csv.DictReader(progress.open()))
+    steps = [int(float(r["num_env_steps_sampled_lifetime"])) for r in rows]
+    window = (steps[1], steps[-1])
+    summary = tmp_path / "summary.json"
+    out = run_script("learning.py", "--summarise", str(tmp_path), "--records", str(summary),
+                     "--window", f"{window[0]}:{window[1]}")
+    assert re.search(r"^ +KFCPO \| steps +[\d,]+ \| return", out, re.MULTILINE), out
+    assert "final 10 %, per seed: weight_cost " in out, out
+    assert "whole run, per seed: margin_multiplier_peak " in out, out
+    assert f"env steps {window[0]:,}-{window[1]:,}: return" in out, out
+    (run,) = json.loads(summary.read_text())["KFCPO"]["runs"]
+
+    def column(name: str, among: list[dict]) -> list[float]:  # the logged, finite values
+        return [v for r in among if r.get(name) not in ("", None)
+                and not math.isnan(v := float(r[name]))]
+
     tail = rows[-max(1, math.ceil(0.1 * len(rows))):]
-    for name in ("weight_cost", "entropy", "policy_steps"):
-        values = [float(r[f"learners/default_policy/{name}"]) for r in tail]
+    for name in ("weight_cost", "margin_multiplier", "entropy", "policy_steps"):
+        values = column(f"learners/default_policy/{name}", tail)
         assert run["diagnostics"][name] == pytest.approx(sum(values) / len(values)), name
+    weights = column("learners/default_policy/weight_cost", rows)
+    assert run["diagnostics"]["weight_cost_share_above_0.95"] == pytest.approx(
+        sum(w > 0.95 for w in weights) / len(weights))
+    assert run["diagnostics"]["margin_multiplier_peak"] == max(
+        column("learners/default_policy/margin_multiplier", rows))
+    inside = rows[1:]
+    returns = column("env_runners/episode_return_mean", inside)
+    costs = column("env_runners/episode_cost_mean", inside)
+    assert run["window"]["iterations"] == len(inside)
+    assert run["window"]["return"] == pytest.approx(sum(returns) / len(returns))
+    assert run["window"]["cost"] == pytest.approx(sum(costs) / len(costs))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--window", "0:1000"), "--window only applies to --summarise DIR: add --summarise."),
+    (("--summarise", ".", "--window", "9:3"), "--window '9:3' is invalid: give env steps as "
+                                              "A:B with 0 <= A <= B"),
+])
+def test_learning_window_errors_name_the_fix(args, message):
+    proc = subprocess.run([sys.executable, str(BENCH / "learning.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
 
 
 def test_headline_smoke_records_runs_and_skips_them_when_run_again(tmp_path: Path):
