@@ -447,3 +447,82 @@ def test_gradient_averaging_steps_along_the_mean_of_the_iterations_gradients(
     for key in first:
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=change * 1e-3,
                                    err_msg=key)
+
+
+def test_direction_momentum_steps_along_the_emas_of_the_naturals(tmp_path, monkeypatch):
+    """direction_momentum beta: from step 4 on, n_r and n_c are m <- beta m + (1 - beta) n
+    (recomputed here from the naturals the real K-FAC preconditioner returned at each
+    minibatch), the manipulation gets their Gram in the K-FAC metric, and the EMAs survive
+    a checkpoint. beta 0 keeps no EMA."""
+    import torch
+
+    from rllib_kfcpo.algorithms.kfcpo import kfcpo_torch_learner as learner_module
+
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    beta = 0.7
+    config = toy_config(direction_momentum=beta, target_kl=10.0)  # no rollback: every step
+    learner = config.build_learner(spaces=spaces)
+    kfac = learner.kfac["default_policy"]
+    naturals, grams = [], []
+    real_naturals, real_combine = kfac.natural_directions, learner_module.combine_directions
+
+    def record_naturals(grads):
+        out = real_naturals(grads)
+        naturals.append([[t.detach().clone() for t in n] for n in out[0]])
+        return out
+
+    def record_gram(gram, *args, **kwargs):  # with this step's factors A, G of each layer
+        factors = [(b.A.double().clone(), b.G.double().clone()) for b in kfac.blocks]
+        grams.append((torch.as_tensor(gram, dtype=torch.float64).clone(),
+                      lambda u, v, f=factors: fisher_inner(f, u, v)))
+        return real_combine(gram, *args, **kwargs)
+
+    def fisher_inner(factors, u, v):
+        """u^T F v written out: per layer vec([W b])^T (A kron G) vec([W' b']) =
+        sum([W b] * G [W' b'] A), then the log-std's exact diagonal Fisher, 2."""
+        total, i = 0.0, 0
+        for a, g in factors:  # every layer of the policy net has a weight and a bias
+            mat_u = torch.cat([u[i], u[i + 1].unsqueeze(1)], dim=1).double()
+            mat_v = torch.cat([v[i], v[i + 1].unsqueeze(1)], dim=1).double()
+            total += float((mat_u * (g @ mat_v @ a)).sum())
+            i += 2
+        (log_std_u,), (log_std_v,) = u[i:], v[i:]
+        return total + float((2.0 * log_std_u.double() * log_std_v.double()).sum())
+
+    monkeypatch.setattr(kfac, "natural_directions", record_naturals)
+    monkeypatch.setattr(learner_module, "combine_directions", record_gram)
+    for _ in range(3):
+        learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 4.0},
+                       num_epochs=2, minibatch_size=100)
+    assert len(naturals) == len(grams) >= 6  # one natural pair and one Gram per step
+    ema = None
+    for new, (gram, inner) in zip(naturals, grams, strict=True):
+        ema = new if ema is None else [[beta * m + (1 - beta) * t for m, t in zip(ms, n)]
+                                       for ms, n in zip(ema, new)]
+        # The Gram the manipulation got is the EMAs' in that step's K-FAC metric.
+        want = torch.tensor([[inner(u, v) for v in ema] for u in ema], dtype=torch.float64)
+        # float32 parameters: agreement to float32 rounding of the largest entry
+        torch.testing.assert_close(gram, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    kept = learner.direction_momentum["default_policy"]
+    for want, got in zip(ema, kept, strict=True):
+        for a, b in zip(want, got, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9)
+    # The EMA is not the latest natural: the step follows the average.
+    assert not torch.allclose(ema[0][0], naturals[-1][0][0])
+    learner.save_to_path(str(tmp_path))
+    restored = config.build_learner(spaces=spaces)
+    restored.restore_from_path(str(tmp_path))
+    for want, got in zip(kept, restored.direction_momentum["default_policy"]):
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)
+    plain = toy_config().build_learner(spaces=spaces)
+    plain.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 4.0},
+                 num_epochs=1, minibatch_size=200)
+    assert plain.direction_momentum == {}
+
+
+@pytest.mark.parametrize("beta", [1.0, -0.1, float("nan")])
+def test_direction_momentum_is_validated(beta):
+    with pytest.raises(ValueError, match=r"direction_momentum must be in \[0, 1\)"):
+        toy_config(direction_momentum=beta).validate()

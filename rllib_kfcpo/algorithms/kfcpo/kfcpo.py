@@ -88,6 +88,11 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
                                   "is subtracted from the margin m, so a lasting excess "
                                   "raises w_c until Jc comes down to d (1 - margin_offset) "
                                   "(0: off, the margin alone)."),
+    "direction_momentum": (0.0, "EMA weight beta of the earlier natural directions: from "
+                                "step 4 on, n_r and n_c are m <- beta m + (1 - beta) n, "
+                                "kept across minibatches and iterations (checkpointed), "
+                                "so a step follows what several minibatches agree on "
+                                "rather than one minibatch's noise (0: off)."),
     "projection": ("harmful", "'harmful', 'both' (PCGrad-like) or 'none' (ablation)."),
     "normalize_directions": (False, "Blend unit-Fisher-norm directions (weights = shares)."),
     "kl_rollback": (True, "Undo a minibatch step whose real KL exceeds target_kl."),
@@ -121,6 +126,7 @@ KFCPO_RULES = (
     Rule("margin_pid_gains", sequence_of(number(0), 3),
          "a list of three finite numbers >= 0 (kp, ki, kd)"),
     Rule("margin_multiplier_max", optional(number(0, low_open=True)), f"None or {_POSITIVE}"),
+    Rule("direction_momentum", number(0, 1, high_open=True), "in [0, 1)"),
     Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
     Rule("normalize_directions", boolean, "True or False"),
     Rule("kl_rollback", boolean, "True or False"),

@@ -118,6 +118,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.previous_directions: dict[str, list[torch.Tensor]] = {}
         # gradient_averaging: this iteration's sum of minibatch g_r or g_c and their count.
         self.gradient_sums: dict[tuple[str, str], tuple[list[torch.Tensor], int]] = {}
+        # direction_momentum: per module, the EMAs (m_r, m_c) of the natural directions.
+        self.direction_momentum: dict[str, list[list[torch.Tensor]]] = {}
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
             cfg = self.config.get_config_for_module(module_id)
@@ -203,6 +205,11 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             n_reward, n_cost = g_reward, g_cost
             gram = gram_matrix([g_reward, g_cost], euclidean_inner)
         log.update(self._agreement(module_id, [*raw, n_reward, n_cost]))
+        if cfg.direction_momentum > 0.0:  # from here on, n_r and n_c are their EMAs
+            n_reward, n_cost = self._momentum(module_id, [n_reward, n_cost],
+                                              cfg.direction_momentum)
+            gram = gram_matrix([n_reward, n_cost],
+                               kfac.inner if cfg.use_kfac else euclidean_inner)
         if cfg.step_metric == "exact":  # the exact Fisher restricted to span(n_r, n_c)
             gram = exact_fisher_gram(module, kfac.params, [n_reward, n_cost], obs,
                                      batch.get(Columns.LOSS_MASK))
@@ -299,6 +306,19 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                 M.COST_NATURAL_AGREEMENT)
         return {key: float(torch.nn.functional.cosine_similarity(now, before, dim=0))
                 for key, now, before in zip(keys, flat, previous, strict=True)}
+
+    def _momentum(self, module_id: str, naturals: list[list[torch.Tensor]],
+                  beta: float) -> list[list[torch.Tensor]]:
+        """``direction_momentum``: ``m <- beta m + (1 - beta) n`` for (n_r, n_c); the first
+        call starts the EMAs at the naturals themselves."""
+        previous = self.direction_momentum.get(module_id)
+        if previous is None:
+            updated = [[t.detach().clone() for t in n] for n in naturals]
+        else:
+            updated = [[beta * m + (1.0 - beta) * t.detach() for m, t in zip(ms, n, strict=True)]
+                       for ms, n in zip(previous, naturals, strict=True)]
+        self.direction_momentum[module_id] = updated
+        return updated
 
     def _iteration_mean(self, key: tuple[str, str],
                         gradient: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -437,6 +457,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             "margin_integral": self.margin_integral,
             "kl_ratio": self.kl_ratio,
             "margin_pid": self.margin_pid.state_dict(),
+            "direction_momentum": {mid: [[t.detach().cpu() for t in d] for d in pair]
+                                   for mid, pair in self.direction_momentum.items()},
         }
 
     @override(SafeTorchLearner)
@@ -447,6 +469,10 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.margin_integral = float(state.get("margin_integral", 0.0))
         if "margin_pid" in state:
             self.margin_pid.load_state_dict(state["margin_pid"])
+        self.direction_momentum = {
+            mid: [[torch.as_tensor(t, device=p.device, dtype=p.dtype)
+                   for t, p in zip(d, self.kfac[mid].params, strict=True)] for d in pair]
+            for mid, pair in state.get("direction_momentum", {}).items() if mid in self.kfac}
         for mid, kfac_state in state.get("kfac", {}).items():
             if mid in self.kfac:
                 self.kfac[mid].load_state_dict(kfac_state)
