@@ -498,8 +498,9 @@ def test_direction_momentum_steps_along_the_emas_of_the_naturals(tmp_path, monke
     assert len(naturals) == len(grams) >= 6  # one natural pair and one Gram per step
     ema = None
     for new, (gram, inner) in zip(naturals, grams, strict=True):
-        ema = new if ema is None else [[beta * m + (1 - beta) * t for m, t in zip(ms, n)]
-                                       for ms, n in zip(ema, new)]
+        ema = new if ema is None else [
+            [beta * m + (1 - beta) * t for m, t in zip(ms, n, strict=True)]
+            for ms, n in zip(ema, new, strict=True)]
         # The Gram the manipulation got is the EMAs' in that step's K-FAC metric.
         want = torch.tensor([[inner(u, v) for v in ema] for u in ema], dtype=torch.float64)
         # float32 parameters: agreement to float32 rounding of the largest entry
@@ -513,8 +514,8 @@ def test_direction_momentum_steps_along_the_emas_of_the_naturals(tmp_path, monke
     learner.save_to_path(str(tmp_path))
     restored = config.build_learner(spaces=spaces)
     restored.restore_from_path(str(tmp_path))
-    for want, got in zip(kept, restored.direction_momentum["default_policy"]):
-        for a, b in zip(want, got):
+    for want, got in zip(kept, restored.direction_momentum["default_policy"], strict=True):
+        for a, b in zip(want, got, strict=True):
             torch.testing.assert_close(b, a, rtol=0, atol=0)
     plain = toy_config().build_learner(spaces=spaces)
     plain.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 4.0},
