@@ -19,6 +19,7 @@ the algorithm (and, for ablations, one KFCPO setting) differs.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -339,6 +340,13 @@ def run_diagnostics(trial_dir: Path) -> dict[str, float]:
     return out
 
 
+def trial_wall_seconds(trial_dir: Path) -> float:
+    """Tune's ``time_total_s`` of a trial's last reported iteration (NaN if none)."""
+    with open(trial_dir / "progress.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("time_total_s") not in ("", None)]
+    return float(rows[-1]["time_total_s"]) if rows else math.nan
+
+
 def summarise_runs(root: Path, limit: float = 25.0,
                    window: tuple[int, int] | None = None) -> dict[str, dict]:
     """Headline-style records (:func:`run_record`) of every run below ``root``, by variant,
@@ -353,9 +361,10 @@ def summarise_runs(root: Path, limit: float = 25.0,
     for name, trials in sorted(collect([root]).items()):
         runs = []
         for trial in trials:
-            seed = json.loads((Path(trial["dir"]) / "params.json").read_text()).get("seed")
-            runs.append({**run_record(trial, env="", algo=name, seed=seed, limit=limit,
-                                      wall_s=math.nan),
+            params = json.loads((Path(trial["dir"]) / "params.json").read_text())
+            runs.append({**run_record(trial, env=str(params.get("env", "")), algo=name,
+                                      seed=params.get("seed"), limit=limit,
+                                      wall_s=trial_wall_seconds(Path(trial["dir"]))),
                          "diagnostics": run_diagnostics(Path(trial["dir"]))})
             if window is not None:
                 runs[-1]["window"] = window_means(trial, *window)

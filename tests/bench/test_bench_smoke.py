@@ -96,6 +96,10 @@ def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
         return [v for r in among if r.get(name) not in ("", None)
                 and not math.isnan(v := float(r[name]))]
 
+    # The record names its env and wall time from the trial itself.
+    params = json.loads((progress.parent / "params.json").read_text())
+    assert run["env"] == params["env"] != ""
+    assert run["wall_s"] == pytest.approx(float(rows[-1]["time_total_s"]))
     tail = rows[-max(1, math.ceil(0.1 * len(rows))):]
     for name in ("weight_cost", "margin_multiplier", "entropy", "policy_steps"):
         values = column(f"learners/default_policy/{name}", tail)
