@@ -19,7 +19,6 @@ the algorithm (and, for ablations, one KFCPO setting) differs.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -320,13 +319,12 @@ DIAGNOSTICS = ("weight_cost", "margin_multiplier", "entropy", "log_std_mean", "p
 WHOLE_RUN = ("margin_multiplier_peak", "weight_cost_share_above_0.95")
 
 
-def run_diagnostics(trial_dir: Path) -> dict[str, float]:
-    """:data:`DIAGNOSTICS` of one run, means over its last 10 % of iterations, and its
-    :data:`WHOLE_RUN` numbers over every iteration."""
-    from rllib_kfcpo.cli.plot import read_rows
+def run_diagnostics(rows: list[dict]) -> dict[str, float]:
+    """:data:`DIAGNOSTICS` of one run (its :func:`~rllib_kfcpo.cli.plot.read_rows`), means
+    over its last 10 % of iterations, and its :data:`WHOLE_RUN` numbers over every
+    iteration."""
     from rllib_kfcpo.cli.run import final_rows
 
-    rows = read_rows(trial_dir)
     tail = rows[-final_rows(len(rows)):] if rows else []
     def values(name: str, among: list[dict]) -> list[float]:
         key = f"learners/default_policy/{name}"
@@ -340,13 +338,6 @@ def run_diagnostics(trial_dir: Path) -> dict[str, float]:
     return out
 
 
-def trial_wall_seconds(trial_dir: Path) -> float:
-    """Tune's ``time_total_s`` of a trial's last reported iteration (NaN if none)."""
-    with open(trial_dir / "progress.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("time_total_s") not in ("", None)]
-    return float(rows[-1]["time_total_s"]) if rows else math.nan
-
-
 def summarise_runs(root: Path, limit: float = 25.0,
                    window: tuple[int, int] | None = None) -> dict[str, dict]:
     """Headline-style records (:func:`run_record`) of every run below ``root``, by variant,
@@ -355,17 +346,19 @@ def summarise_runs(root: Path, limit: float = 25.0,
 
     For sweeps stopped before their budget too: ``steps`` says how far each run got.
     """
-    from rllib_kfcpo.cli.plot import collect
+    from rllib_kfcpo.cli.plot import collect, read_rows
 
     out = {}
     for name, trials in sorted(collect([root]).items()):
         runs = []
         for trial in trials:
             params = json.loads((Path(trial["dir"]) / "params.json").read_text())
+            rows = read_rows(Path(trial["dir"]))
+            # Tune's time_total_s of the last iteration (a resumed run's, if resumed).
+            wall = float(rows[-1].get("time_total_s") or math.nan) if rows else math.nan
             runs.append({**run_record(trial, env=str(params.get("env", "")), algo=name,
-                                      seed=params.get("seed"), limit=limit,
-                                      wall_s=trial_wall_seconds(Path(trial["dir"]))),
-                         "diagnostics": run_diagnostics(Path(trial["dir"]))})
+                                      seed=params.get("seed"), limit=limit, wall_s=wall),
+                         "diagnostics": run_diagnostics(rows)})
             if window is not None:
                 runs[-1]["window"] = window_means(trial, *window)
         returns = [r["final_return"] for r in runs]
