@@ -13,6 +13,9 @@ COSTS = "costs"
 COST_ADVANTAGES = "cost_advantages"
 #: Cost value targets (GAE returns over costs) for the cost critic.
 COST_VALUE_TARGETS = "cost_value_targets"
+#: Position of the row in its learner's train batch of this iteration (0, 1, ...): lets a
+#: learner tell a minibatch's rows from the rest of the iteration's (KFCPO's held-out KL).
+ROW_INDEX = "row_index"
 
 # --- Keys passed from the driver to the learners via `timesteps` ----------------------
 #: Windowed mean episode cost Jc (undiscounted sum of raw costs per episode), the value

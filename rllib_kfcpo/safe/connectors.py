@@ -37,7 +37,7 @@ from ray.rllib.utils.postprocessing.value_predictions import compute_value_targe
 
 from rllib_kfcpo.distributed import all_reduce_mean_
 from rllib_kfcpo.env_data import read_step_cost
-from rllib_kfcpo.safe.columns import COST_ADVANTAGES, COST_VALUE_TARGETS, COSTS
+from rllib_kfcpo.safe.columns import COST_ADVANTAGES, COST_VALUE_TARGETS, COSTS, ROW_INDEX
 
 _BOOTSTRAP_ADDED = "_added_loss_mask_for_valid_episode_ts"
 
@@ -148,13 +148,13 @@ COST_ADVANTAGE_MODES = ("standardize", "center")
 class SafeGeneralAdvantageEstimation(ConnectorV2):
     """GAE for rewards and for costs, each with its own gamma and lambda.
 
-    Adds ``advantages``/``value_targets`` (reward) and ``cost_advantages``/
-    ``cost_value_targets``. Truncated chunks bootstrap from the value of the extra step,
-    terminated episodes do not (RLlib's ``compute_value_targets`` convention). Reward
-    advantages are standardised; cost advantages are standardised or centred (see
-    below); both statistics are taken over the
-    real steps of the whole batch across all learners, so a batch split over n learners
-    is normalised exactly like the whole batch on one learner.
+    Adds ``advantages``/``value_targets`` (reward), ``cost_advantages``/
+    ``cost_value_targets`` and ``row_index`` (each row's position in the batch).
+    Truncated chunks bootstrap from the value of the extra step, terminated episodes do
+    not (RLlib's ``compute_value_targets`` convention). Reward advantages are
+    standardised; cost advantages are standardised or centred (see below); both
+    statistics are taken over the real steps of the whole batch across all learners, so a
+    batch split over n learners is normalised exactly like the whole batch on one learner.
 
     Cost advantages (``cost_advantages``): ``"standardize"`` (mean 0, std 1, OmniSafe's
     ``standardized_cost_adv: true``) or ``"center"`` (mean 0, the cost scale kept).
@@ -227,4 +227,5 @@ class SafeGeneralAdvantageEstimation(ConnectorV2):
             ):
                 module_batch[key] = torch.as_tensor(value, dtype=torch.float32, device=device)
             module_batch[COSTS] = torch.as_tensor(np_(COSTS), device=device)
+            module_batch[ROW_INDEX] = torch.arange(len(adv), device=device)
         return batch

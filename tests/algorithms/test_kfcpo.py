@@ -527,3 +527,114 @@ def test_direction_momentum_steps_along_the_emas_of_the_naturals(tmp_path, monke
 def test_direction_momentum_is_validated(beta):
     with pytest.raises(ValueError, match=r"direction_momentum must be in \[0, 1\)"):
         toy_config(direction_momentum=beta).validate()
+
+
+def test_iteration_rows_keep_rows_by_index_and_hold_out_the_minibatch():
+    """IterationRows: rows stored at their indices (buffers grow as indices arrive), and
+    held_out(index) returns exactly the stored rows whose index is not in ``index``."""
+    import torch
+
+    from rllib_kfcpo.algorithms.kfcpo.kfcpo_torch_learner import IterationRows
+
+    rows = IterationRows()
+    assert rows.held_out(torch.arange(3)) is None  # nothing seen yet
+    rows.add(torch.tensor([4, 1]), {"x": torch.tensor([[4.0], [1.0]]),
+                                   "m": torch.tensor([True, False])})
+    assert rows.held_out(torch.tensor([1, 4])) is None  # every stored row is in the minibatch
+    rows.add(torch.tensor([7, 0]), {"x": torch.tensor([[7.0], [0.0]]),
+                                   "m": torch.tensor([True, True])})
+    held = rows.held_out(torch.tensor([1, 9]))  # 9: beyond the buffers, ignored
+    assert held["x"].flatten().tolist() == [0.0, 4.0, 7.0]  # rows 0, 4, 7 in index order
+    assert held["m"].tolist() == [True, True, True]
+    rows.add(torch.tensor([4]), {"x": torch.tensor([[40.0]]), "m": torch.tensor([False])})
+    held = rows.held_out(torch.tensor([0]))  # a row seen again keeps its newest values
+    assert held["x"].flatten().tolist() == [1.0, 40.0, 7.0]
+
+
+def _held_out_update(**training) -> dict:
+    """One epoch of two minibatches (the toy batch's 204 rows, unshuffled)."""
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    learner = toy_config(rollback_kl_rows="held_out", **training).training(
+        num_epochs=1).build_learner(spaces=spaces)
+    out = learner.update(episodes=toy_episodes(), timesteps={"safe_episode_cost_mean": 20.0},
+                         num_epochs=1, minibatch_size=102)["default_policy"]
+    return {k: float(v.peek()) if hasattr(v, "peek") else v for k, v in out.items()}
+
+
+def test_held_out_rollback_checks_the_second_minibatch_on_the_first_ones_rows():
+    """rollback_kl_rows='held_out': the iteration's first step has no other rows and is
+    checked on its own; the second is checked on the first minibatch's rows, where its
+    KL differs from the KL on its own rows (logged beside it)."""
+    out = _held_out_update(target_kl=10.0)
+    assert out["policy_steps"] == 2
+    assert out["kl_checked_on_held_out_rows"] == pytest.approx(0.5)  # mean of 0 and 1
+    assert out["kl_of_step"] > 0 and out["kl_of_step_own_rows"] > 0
+    assert out["kl_of_step"] != pytest.approx(out["kl_of_step_own_rows"], rel=1e-3)
+    # With the improvement check the second step is kept or undone (never frozen); the
+    # first, with no held-out rows, is kept.
+    checked = _held_out_update(target_kl=10.0, held_out_improvement=True)
+    assert checked["kl_rollbacks"] == 0
+    assert checked["policy_steps"] + checked["held_out_rejections"] == 2
+    assert checked["policy_steps"] >= 1
+    assert (checked["held_out_rejections"] == 1) == (checked["held_out_surrogate_gain"] <= 0)
+    with pytest.raises(ValueError, match="rollback_kl_rows must be one of"):
+        toy_config(rollback_kl_rows="batch").validate()
+    with pytest.raises(ValueError, match="held_out_improvement=True.*rollback_kl_rows"):
+        toy_config(held_out_improvement=True).validate()
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_held_out_improvement_keeps_a_gaining_step_and_undoes_a_losing_one(sign):
+    """A step along +/- the gradient of w_r L_r - w_c L_c on the held-out rows (computed
+    here by autograd): the gaining one is kept with the gain measured independently, the
+    losing one is undone bit-for-bit without freezing the policy."""
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.evaluation.postprocessing import Postprocessing
+
+    from rllib_kfcpo.safe.columns import COST_ADVANTAGES
+
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    learner = toy_config(rollback_kl_rows="held_out", held_out_improvement=True,
+                         target_kl=10.0).build_learner(spaces=spaces)
+    module = learner.module["default_policy"].unwrapped()
+    params = learner.kfac["default_policy"].params
+    rng = torch.Generator().manual_seed(0)
+    n = 64
+    obs = torch.randn(n, *ActionCostEnv().observation_space.shape, generator=rng)
+    with torch.no_grad():
+        inputs = module.action_dist_inputs(obs)
+    dist_cls = module.get_train_action_dist_cls()
+    behaviour = dist_cls.from_logits(inputs)
+    actions = behaviour.sample()
+    rows = {Columns.OBS: obs, Columns.ACTION_DIST_INPUTS: inputs, Columns.ACTIONS: actions,
+            Columns.ACTION_LOGP: behaviour.logp(actions).detach(),
+            Postprocessing.ADVANTAGES: torch.randn(n, generator=rng),
+            COST_ADVANTAGES: torch.randn(n, generator=rng)}
+    w_r, w_c = 0.7, 0.3
+
+    def objective() -> torch.Tensor:
+        dist = dist_cls.from_logits(module.action_dist_inputs(obs))
+        ratio = torch.exp(dist.logp(actions) - rows[Columns.ACTION_LOGP])
+        return (ratio * (w_r * rows[Postprocessing.ADVANTAGES]
+                         - w_c * rows[COST_ADVANTAGES])).mean()
+
+    grads = torch.autograd.grad(objective(), params)
+    direction = [sign * g for g in grads]
+    before = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        start = float(objective())
+    kl, step, backtracks, step_kl, gain = learner._step_with_rollback(
+        module, params, direction, 1e-3, rows, learner.config, behaviour,
+        objective=(w_r, w_c), check_gain=True)
+    assert backtracks == 0 and not learner.policy_frozen
+    if sign > 0:
+        assert step == 1e-3 and gain > 0 and step_kl > 0
+        with torch.no_grad():
+            assert gain == pytest.approx(float(objective()) - start, rel=1e-4)
+    else:
+        assert step == 0.0 and gain < 0 and step_kl == 0.0
+        for p, saved in zip(params, before, strict=True):
+            assert torch.equal(p.detach(), saved)

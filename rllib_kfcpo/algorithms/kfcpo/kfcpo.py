@@ -32,6 +32,7 @@ STEP_RULES = ("blend", "span")
 STEP_METRICS = ("kfac", "exact")
 PROJECTIONS = ("harmful", "both", "none")
 GRADIENT_AVERAGING = ("none", "cost", "both")
+ROLLBACK_KL_ROWS = ("minibatch", "held_out")
 
 #: name -> (default, one-line description); the single place each KFCPO setting is documented.
 KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
@@ -98,6 +99,18 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "kl_rollback": (True, "Undo a minibatch step whose real KL exceeds target_kl."),
     "rollback_backtracks": (3, "Retries of an undone step at half the size before freezing."),
     "target_kl": (0.02, "KL(behaviour || current) bound of the rollback, per iteration."),
+    "rollback_kl_rows": ("minibatch", "Rows on which the rollback's KL and the kept step's "
+                                      "KL (kl_of_step) are measured: 'minibatch' (the "
+                                      "step's own rows) or 'held_out' (the rows of this "
+                                      "iteration seen so far that are not in the "
+                                      "minibatch; the minibatch itself while there are "
+                                      "none): a step fits its own rows, so the KL there "
+                                      "overstates how far the policy moved."),
+    "held_out_improvement": (False, "With rollback_kl_rows='held_out': also undo (without "
+                                    "freezing) a step that does not raise the "
+                                    "margin-weighted surrogate w_r L_r - w_c L_c on the "
+                                    "held-out rows, i.e. a step along its own minibatch's "
+                                    "noise."),
 }
 
 
@@ -132,6 +145,8 @@ KFCPO_RULES = (
     Rule("kl_rollback", boolean, "True or False"),
     Rule("rollback_backtracks", integer(0, 20), "an integer in [0, 20]"),
     Rule("target_kl", number(0, low_open=True), _POSITIVE),
+    Rule("rollback_kl_rows", one_of(ROLLBACK_KL_ROWS), f"one of {ROLLBACK_KL_ROWS}"),
+    Rule("held_out_improvement", boolean, "True or False"),
 )
 
 
@@ -181,6 +196,11 @@ class KFCPOConfig(SafeAlgorithmConfig):
                 "with margin_schedule='pid': the PID controller has its own integral term "
                 "(margin_pid_gains); set margin_integral_gain=0.0 or use the 'sigmoid' "
                 "schedule.")
+        if self.held_out_improvement and self.rollback_kl_rows != "held_out":
+            raise ValueError(
+                "training(held_out_improvement=True) is invalid with rollback_kl_rows="
+                f"{self.rollback_kl_rows!r}: the improvement is measured on the held-out "
+                "rows; set rollback_kl_rows='held_out' or held_out_improvement=False.")
         if self.margin_multiplier_max is not None and self.margin_schedule != "pid":
             raise ValueError(
                 f"training(margin_multiplier_max={self.margin_multiplier_max!r}) is invalid "

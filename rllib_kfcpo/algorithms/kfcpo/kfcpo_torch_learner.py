@@ -17,7 +17,9 @@ The step, numbered as in docs/algorithm.md (and marked so in ``_kfcpo_step``):
    ``step_rule="span"``, 5-6 are one exact solve in span(n_r, n_c);
 7. rollback: if KL(behaviour || new) > target_kl, restore the snapshot and retry at half
    the step (``rollback_backtracks`` times); if no retry fits, keep the snapshot and freeze
-   the policy for the rest of the iteration (critics keep training).
+   the policy for the rest of the iteration (critics keep training). The KL is measured on
+   the minibatch, or with ``rollback_kl_rows="held_out"`` on the iteration's rows seen so
+   far outside it (:class:`IterationRows`).
 
 With several learners the module is not wrapped in DDP: gradients, Kronecker factors and
 the KL are averaged with explicit all-reduces, so every learner takes the same step.
@@ -63,6 +65,7 @@ from rllib_kfcpo.safe.columns import (
     COST_VF_EXPLAINED_VAR_KEY,
     COST_VF_LOSS_KEY,
     EPISODE_COST_FOR_LEARNER,
+    ROW_INDEX,
 )
 from rllib_kfcpo.safe.learner import NonSGDPolicyLearner, SafeTorchLearner, masked_mean
 from rllib_kfcpo.safe.pid_lagrange import PIDLagrangian
@@ -85,6 +88,45 @@ def exact_fisher_gram(module: Any, params: Sequence[nn.Parameter],
     if module.log_std is None:
         return categorical_fisher_gram(module.pi, params, directions, obs, mask)
     return gaussian_fisher_gram(module.pi, module.log_std, params, directions, obs, mask)
+
+
+class IterationRows:
+    """The rows of this iteration's train batch a learner has seen so far, by row index.
+
+    ``rollback_kl_rows="held_out"``: a minibatch step fits its own rows, so the KL on them
+    overstates how far the policy moved; the rows of the iteration's other minibatches
+    (their observations and behaviour-policy outputs, kept as they pass) measure it
+    without that bias.
+    """
+
+    def __init__(self) -> None:
+        self.columns: dict[str, torch.Tensor] = {}
+        self.seen = torch.zeros(0, dtype=torch.bool)
+
+    def add(self, index: torch.Tensor, columns: dict[str, torch.Tensor]) -> None:
+        """Keeps ``columns`` (rows aligned with ``index``) at their row indices."""
+        size = int(index.max()) + 1 if index.numel() else 0
+        if size > self.seen.numel():  # grow every buffer to hold the new indices
+            grown = torch.zeros(size, dtype=torch.bool, device=index.device)
+            grown[:self.seen.numel()] = self.seen
+            self.seen = grown
+            for key, value in columns.items():
+                old = self.columns.get(key)
+                new = value.new_zeros((size, *value.shape[1:]))
+                if old is not None:
+                    new[:old.shape[0]] = old
+                self.columns[key] = new
+        for key, value in columns.items():
+            self.columns[key][index] = value.detach()
+        self.seen[index] = True
+
+    def held_out(self, index: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The kept rows whose indices are not in ``index`` (None when there are none)."""
+        rows = self.seen.clone()
+        rows[index[index < rows.numel()]] = False
+        if not bool(rows.any()):
+            return None
+        return {key: value[rows] for key, value in self.columns.items()}
 
 
 def _distributed() -> bool:
@@ -118,6 +160,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.previous_directions: dict[str, list[torch.Tensor]] = {}
         # gradient_averaging: this iteration's sum of minibatch g_r or g_c and their count.
         self.gradient_sums: dict[tuple[str, str], tuple[list[torch.Tensor], int]] = {}
+        # rollback_kl_rows="held_out": per module, this iteration's rows seen so far.
+        self.iteration_rows: dict[str, IterationRows] = {}
         # direction_momentum: per module, the EMAs (m_r, m_c) of the natural directions.
         self.direction_momentum: dict[str, list[list[torch.Tensor]]] = {}
         for module_id in self.module.keys():
@@ -142,6 +186,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         self.policy_frozen = False
         self.previous_directions = {}
         self.gradient_sums = {}
+        self.iteration_rows = {}
         # The margin's cost: an EMA over iterations of Jc (margin_cost_ema = weight of the
         # newest value; 1.0 = this iteration's Jc only). No new Jc: unchanged.
         jc = float(timesteps.get(EPISODE_COST_FOR_LEARNER, math.nan))
@@ -264,9 +309,35 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             return critic_loss
 
         # Step 7: the step, undone and retried at half the size while the real KL to the
-        # behaviour policy exceeds target_kl; the policy freezes when no retry fits.
-        kl, step, backtracks, step_kl = self._step_with_rollback(
-            module, kfac.params, direction, step, obs, batch, cfg, dist)
+        # behaviour policy exceeds target_kl; the policy freezes when no retry fits. The
+        # KL is measured on the minibatch or (rollback_kl_rows="held_out") on the rows of
+        # the iteration outside it.
+        check = {Columns.OBS: obs}
+        for key in (Columns.ACTION_DIST_INPUTS, Columns.LOSS_MASK, Columns.ACTIONS,
+                    Columns.ACTION_LOGP, Postprocessing.ADVANTAGES, COST_ADVANTAGES):
+            if key in batch:
+                check[key] = batch[key]
+        check_before, objective = dist, None
+        if cfg.rollback_kl_rows == "held_out":
+            held_out = self._held_out_rows(module_id, module, batch, check)
+            log[M.HELD_OUT_CHECKS] = float(held_out is not None)
+            if held_out is not None:
+                check, check_before = held_out
+                if cfg.held_out_improvement:
+                    objective = (w_reward, w_cost)
+        kl, step, backtracks, step_kl, gain = self._step_with_rollback(
+            module, kfac.params, direction, step, check, cfg, check_before,
+            objective=objective, check_gain=cfg.held_out_improvement)
+        rejected = int(step == 0.0 and not self.policy_frozen)
+        if objective is not None:  # the step was checked on held-out rows
+            log[M.HELD_OUT_GAIN] = gain
+        if cfg.rollback_kl_rows == "held_out" and step > 0.0:  # the step's KL on its rows
+            with torch.no_grad():
+                after = module.get_train_action_dist_cls().from_logits(
+                    module.action_dist_inputs(obs))
+                own = torch.stack([masked_mean(dist.kl(after), batch)])
+            all_reduce_mean_([own])
+            log[M.STEP_KL_OWN_ROWS] = float(own[0])
         self._update_kl_ratio(step_kl, 0.5 * step**2 * info["quad"])
 
         with torch.no_grad():
@@ -287,10 +358,30 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         for key, value in log.items():
             self.metrics.log_value((module_id, key), value, reduce="mean")
         rolled_back = int(self.policy_frozen)
-        for key, count in ((M.BACKTRACKS, backtracks), (M.ROLLBACKS, rolled_back),
-                           (M.POLICY_STEPS, 1 - rolled_back)):
+        counts = [(M.BACKTRACKS, backtracks), (M.ROLLBACKS, rolled_back),
+                  (M.POLICY_STEPS, 1 - rolled_back - rejected)]
+        if cfg.held_out_improvement:
+            counts.append((M.HELD_OUT_REJECTIONS, rejected))
+        for key, count in counts:
             self.metrics.log_value((module_id, key), count, reduce="sum")
         return critic_loss - surrogate
+
+    def _held_out_rows(self, module_id: str, module: Any, batch: dict[str, Any],
+                       minibatch: dict[str, torch.Tensor]) -> tuple[dict[str, Any], Any] | None:
+        """``rollback_kl_rows="held_out"``: keeps this minibatch's ``minibatch`` rows for
+        the iteration and returns the rows seen before outside it with the current policy
+        on them, or None while there are none (the step is then checked on its own rows;
+        the all-reduced KL makes every learner decide alike either way)."""
+        index = batch[ROW_INDEX]
+        rows = self.iteration_rows.setdefault(module_id, IterationRows())
+        held_out = rows.held_out(index)
+        rows.add(index, minibatch)
+        if held_out is None:
+            return None
+        with torch.no_grad():
+            before = module.get_train_action_dist_cls().from_logits(
+                module.action_dist_inputs(held_out[Columns.OBS]))
+        return held_out, before
 
     def _agreement(self, module_id: str,
                    directions: Sequence[Sequence[torch.Tensor]]) -> dict[str, float]:
@@ -401,24 +492,49 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
 
     def _step_with_rollback(self, module: Any, params: Sequence[nn.Parameter],
                             direction: Sequence[torch.Tensor], step: float,
-                            obs: torch.Tensor, batch: dict[str, Any],
-                            cfg: Any, before: Any) -> tuple[float, float, int, float]:
+                            rows: dict[str, torch.Tensor], cfg: Any, before: Any, *,
+                            objective: tuple[float, float] | None = None,
+                            check_gain: bool = False,
+                            ) -> tuple[float, float, int, float, float]:
         """Takes the step; if the real KL leaves ``target_kl``, undoes it bit-for-bit.
+
+        The KL is measured on ``rows`` (observations, behaviour-policy outputs and loss
+        mask: the minibatch's or held-out rows), ``before`` being the policy on them
+        before the step.
 
         After an undo the step is retried at half the size, up to ``rollback_backtracks``
         times; when no retry fits, the parameters stay at the snapshot and the policy is
         frozen for the rest of the iteration. Every decision uses the all-reduced KL, so
         all learners decide alike.
 
+        ``check_gain`` (``held_out_improvement``; every learner passes the same): a step
+        that fits the KL is also undone, without freezing and without retries, when its
+        gain of ``w_r L_r - w_c L_c`` on ``rows`` (``objective = (w_r, w_c)``; L the
+        importance-weighted surrogates against the behaviour policy) is not positive. A
+        learner without held-out rows passes ``objective=None``; the gain then decides
+        only if no learner did (all-reduced flag).
+
         Returns:
-            ``(kl, step actually kept (0.0 when frozen), number of halvings, step_kl)`` with
-            ``step_kl`` the real KL(``before`` || after) of the kept step (0.0 when frozen).
+            ``(kl, step actually kept (0.0 when frozen or undone), number of halvings,
+            step_kl, gain)`` with ``step_kl`` the real KL(``before`` || after) of the kept
+            step (0.0 when none is kept) and ``gain`` the all-reduced surrogate gain of the
+            last try (0.0 without ``check_gain``).
         """
         snapshot = [p.detach().clone() for p in params]
         dist_cls = module.get_train_action_dist_cls()
-        behaviour = dist_cls.from_logits(batch[Columns.ACTION_DIST_INPUTS])
+        behaviour = dist_cls.from_logits(rows[Columns.ACTION_DIST_INPUTS])
         attempts = 1 + (cfg.rollback_backtracks if cfg.kl_rollback else 0)
         with torch.no_grad():
+            if check_gain and objective is not None:
+                advantage = (objective[0] * rows[Postprocessing.ADVANTAGES]
+                             - objective[1] * rows[COST_ADVANTAGES])
+
+                def surrogate(dist: Any) -> torch.Tensor:
+                    ratio = torch.exp(dist.logp(rows[Columns.ACTIONS])
+                                      - rows[Columns.ACTION_LOGP])
+                    return masked_mean(ratio * advantage, rows)
+
+                start = surrogate(before)
             for attempt in range(attempts):
                 if attempt:  # undo the previous try, then try half of it
                     for p, saved in zip(params, snapshot, strict=True):
@@ -426,17 +542,26 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                     step *= 0.5
                 for p, d in zip(params, direction, strict=True):
                     p.add_(d, alpha=step)
-                current = dist_cls.from_logits(module.action_dist_inputs(obs))
-                kls = torch.stack([masked_mean(behaviour.kl(current), batch),
-                                   masked_mean(before.kl(current), batch)])
-                all_reduce_mean_([kls])
-                kl_value, step_kl = (float(v) for v in kls)
+                current = dist_cls.from_logits(module.action_dist_inputs(rows[Columns.OBS]))
+                values = [masked_mean(behaviour.kl(current), rows),
+                          masked_mean(before.kl(current), rows)]
+                if check_gain:  # (gain, flag): the flag is 1 only if every learner checks
+                    values += ([surrogate(current) - start, torch.ones(())]
+                               if objective is not None else [torch.zeros(())] * 2)
+                values = torch.stack([v.to(values[0].dtype) for v in values])
+                all_reduce_mean_([values])
+                kl_value, step_kl = float(values[0]), float(values[1])
+                gain = float(values[2]) if check_gain else 0.0
                 if not cfg.kl_rollback or kl_value <= cfg.target_kl:
-                    return kl_value, step, attempt, step_kl
+                    if check_gain and float(values[3]) == 1.0 and gain <= 0.0:
+                        for p, saved in zip(params, snapshot, strict=True):
+                            p.copy_(saved)
+                        return kl_value, 0.0, attempt, 0.0, gain
+                    return kl_value, step, attempt, step_kl, gain
             for p, saved in zip(params, snapshot, strict=True):
                 p.copy_(saved)
             self.policy_frozen = True
-        return kl_value, 0.0, attempts - 1, 0.0
+        return kl_value, 0.0, attempts - 1, 0.0, gain
 
     @override(SafeTorchLearner)
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:

@@ -23,6 +23,14 @@ MARGIN_COST = "margin_episode_cost"  # the Jc the margin weights used (EMA, marg
 MARGIN_INTEGRAL = "margin_integral"  # the integral term subtracted from the margin
 MARGIN_MULTIPLIER = "margin_multiplier"  # lambda of the 'pid' schedule (w_c = l / (1 + l))
 STEP_KL = "kl_of_step"  # real KL(before step || after step) of the kept step
+# rollback_kl_rows='held_out': the kept step's KL on its own minibatch's rows (kl_of_step
+# is then on the held-out rows), and the share of steps checked on held-out rows.
+STEP_KL_OWN_ROWS = "kl_of_step_own_rows"
+HELD_OUT_CHECKS = "kl_checked_on_held_out_rows"
+# held_out_improvement: the step's gain of w_r L_r - w_c L_c on the held-out rows (mean
+# over checked tries) and the steps undone because it was <= 0 (sum).
+HELD_OUT_GAIN = "held_out_surrogate_gain"
+HELD_OUT_REJECTIONS = "held_out_rejections"
 KL_RATIO = "kl_real_over_quadratic"  # running ratio real / quadratic KL of kept steps
 COST_REQUIREMENT = "cost_requirement"  # kappa of the span step (share of max cost decrease)
 CONSTRAINT_ACTIVE = "cost_requirement_active"  # share of span steps where kappa binds
