@@ -521,6 +521,11 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             last try (0.0 without ``check_gain``).
         """
         snapshot = [p.detach().clone() for p in params]
+
+        def restore() -> None:  # back to the snapshot, bit-for-bit
+            for p, saved in zip(params, snapshot, strict=True):
+                p.copy_(saved)
+
         dist_cls = module.get_train_action_dist_cls()
         behaviour = dist_cls.from_logits(rows[Columns.ACTION_DIST_INPUTS])
         attempts = 1 + (cfg.rollback_backtracks if cfg.kl_rollback else 0)
@@ -537,8 +542,7 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                 start = surrogate(before)
             for attempt in range(attempts):
                 if attempt:  # undo the previous try, then try half of it
-                    for p, saved in zip(params, snapshot, strict=True):
-                        p.copy_(saved)
+                    restore()
                     step *= 0.5
                 for p, d in zip(params, direction, strict=True):
                     p.add_(d, alpha=step)
@@ -554,12 +558,10 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
                 gain = float(values[2]) if check_gain else 0.0
                 if not cfg.kl_rollback or kl_value <= cfg.target_kl:
                     if check_gain and float(values[3]) == 1.0 and gain <= 0.0:
-                        for p, saved in zip(params, snapshot, strict=True):
-                            p.copy_(saved)
+                        restore()
                         return kl_value, 0.0, attempt, 0.0, gain
                     return kl_value, step, attempt, step_kl, gain
-            for p, saved in zip(params, snapshot, strict=True):
-                p.copy_(saved)
+            restore()
             self.policy_frozen = True
         return kl_value, 0.0, attempts - 1, 0.0, gain
 
