@@ -307,11 +307,13 @@ ALGO_SETTINGS = {
 #: reports as the mean over a run's last 10 % of iterations, where the run logged them:
 #: the margin weight, the policy's entropy and log-std, the steps kept, the real KL of a
 #: kept step (and, with held-out rows, on its own rows, and the steps the held-out
-#: improvement check undid), the agreement of consecutive minibatches' directions (KFCPO's
+#: improvement check undid; with surrogate_clip, the share of rows whose reward gradient was
+#: clipped away), the agreement of consecutive minibatches' directions (KFCPO's
 #: rllib_kfcpo.algorithms.kfcpo.metrics; the baselines log the entropy), and how much of
 #: the returns' and cost returns' variance the two critics explain (every safe algorithm).
 DIAGNOSTICS = ("weight_cost", "margin_multiplier", "entropy", "log_std_mean", "policy_steps",
                "kl_of_step", "kl_of_step_own_rows", "held_out_rejections",
+               "reward_clipped_share",
                "reward_gradient_agreement", "cost_gradient_agreement",
                "reward_natural_agreement", "cost_natural_agreement",
                "vf_explained_var", "cost_vf_explained_var")

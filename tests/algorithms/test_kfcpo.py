@@ -638,3 +638,63 @@ def test_held_out_improvement_keeps_a_gaining_step_and_undoes_a_losing_one(sign)
         assert step == 0.0 and gain < 0 and step_kl == 0.0
         for p, saved in zip(params, before, strict=True):
             assert torch.equal(p.detach(), saved)
+
+
+@pytest.mark.parametrize("use_kfac", [False, True])
+def test_surrogate_clip_gives_the_gradients_of_ppos_clipped_surrogates(use_kfac):
+    """surrogate_clip: g_r and g_c equal the autograd gradients of PPO's clipped surrogates
+    min(r A, clip(r) A) (A = A_r, and -A_c for the cost), computed here independently, on
+    rows whose behaviour policy differs from the current one (so rows clip on both sides)."""
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.evaluation.postprocessing import Postprocessing
+
+    from rllib_kfcpo.safe.columns import COST_ADVANTAGES
+
+    clip = 0.1
+    spaces = {"default_policy": (ActionCostEnv().observation_space,
+                                 ActionCostEnv().action_space)}
+    learner = toy_config(surrogate_clip=clip, use_kfac=use_kfac).build_learner(spaces=spaces)
+    module = learner.module["default_policy"].unwrapped()
+    kfac = learner.kfac["default_policy"]
+    rng = torch.Generator().manual_seed(1)
+    n = 256
+    obs = torch.randn(n, *ActionCostEnv().observation_space.shape, generator=rng)
+    dist_cls = module.get_train_action_dist_cls()
+    with torch.no_grad():
+        current = module.action_dist_inputs(obs)
+        old_inputs = current + 0.3 * torch.randn(current.shape, generator=rng)
+    behaviour = dist_cls.from_logits(old_inputs)
+    actions = behaviour.sample()
+    batch = {Columns.OBS: obs, Columns.ACTION_DIST_INPUTS: old_inputs,
+             Columns.ACTIONS: actions, Columns.ACTION_LOGP: behaviour.logp(actions).detach(),
+             Postprocessing.ADVANTAGES: torch.randn(n, generator=rng),
+             COST_ADVANTAGES: torch.randn(n, generator=rng)}
+
+    def clipped_gradient(advantage: torch.Tensor) -> list[torch.Tensor]:
+        ratio = torch.exp(dist_cls.from_logits(module.action_dist_inputs(obs)).logp(actions)
+                          - batch[Columns.ACTION_LOGP])
+        objective = torch.min(ratio * advantage,
+                              torch.clamp(ratio, 1 - clip, 1 + clip) * advantage).mean()
+        return list(torch.autograd.grad(objective, kfac.params, allow_unused=True))
+
+    cfg = learner.config.get_config_for_module("default_policy")
+    g_r, g_c, _, _ = learner._policy_gradients("default_policy", module, kfac,
+                                               module.flat_obs(batch), batch, cfg)
+    for ours, reference in [(g_r, clipped_gradient(batch[Postprocessing.ADVANTAGES])),
+                            (g_c, clipped_gradient(-batch[COST_ADVANTAGES]))]:
+        for a, b in zip(ours, reference, strict=True):
+            torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b,
+                                       rtol=1e-4, atol=1e-6)
+    # The clip acts: a fair share of rows is clipped for each objective, and without it the
+    # gradients differ.
+    shares = {k: float(v.peek()) for k, v in learner.metrics.reduce()[
+        "default_policy"].items() if k.endswith("clipped_share")}
+    assert 0.1 < shares["reward_clipped_share"] < 0.9
+    assert 0.1 < shares["cost_clipped_share"] < 0.9
+    cfg.surrogate_clip = None
+    plain, _, _, _ = learner._policy_gradients("default_policy", module, kfac,
+                                               module.flat_obs(batch), batch, cfg)
+    assert not all(torch.allclose(a, b) for a, b in zip(plain, g_r, strict=True))
+    with pytest.raises(ValueError, match="surrogate_clip"):
+        toy_config(surrogate_clip=1.5).validate()

@@ -45,6 +45,13 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
                                    "preconditioning: 'none', 'cost' (g_c) or 'both' (g_r "
                                    "and g_c); less minibatch noise, and from the second "
                                    "epoch on close to the whole batch's gradient."),
+    "surrogate_clip": (None, "PPO's clip on the policy gradients: a row whose ratio "
+                             "pi / pi_old has already left [1 - eps, 1 + eps] on the side "
+                             "its (reward or cost) advantage favours adds nothing to g_r "
+                             "or g_c, as in the gradient of PPO's clipped surrogate, so "
+                             "the natural steps of later minibatches stop pushing the "
+                             "rows earlier steps already moved (None: off, the plain "
+                             "surrogates)."),
     "kfac_damping": (1e-2, "Damping added to the Kronecker eigenvalue products."),
     "kfac_damping_relative": (False, "Scale kfac_damping by each block's mean curvature "
                                      "(mean Kronecker eigenvalue product), so one value "
@@ -120,6 +127,8 @@ KFCPO_RULES = (
     Rule("use_kfac", boolean, "True or False"),
     Rule("critic_minibatch_size", optional(integer(1)), "None or an integer >= 1"),
     Rule("gradient_averaging", one_of(GRADIENT_AVERAGING), f"one of {GRADIENT_AVERAGING}"),
+    Rule("surrogate_clip", optional(number(0, 1, low_open=True, high_open=True)),
+         "None or a number in (0, 1) (PPO's clip_param: typical 0.1..0.3)"),
     Rule("kfac_damping", number(0, low_open=True), f"{_POSITIVE} (typical 1e-3..1e-1)"),
     Rule("kfac_damping_relative", boolean, "True or False"),
     Rule("kfac_decay", number(0, 1, low_open=True, high_open=True), "in (0, 1)"),

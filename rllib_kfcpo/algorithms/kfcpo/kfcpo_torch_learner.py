@@ -90,6 +90,21 @@ def exact_fisher_gram(module: Any, params: Sequence[nn.Parameter],
     return gaussian_fisher_gram(module.pi, module.log_std, params, directions, obs, mask)
 
 
+def unclipped_rows(ratio: torch.Tensor, advantages: torch.Tensor,
+                   clip: float) -> torch.Tensor:
+    """Rows (per objective) on which PPO's clipped surrogate ``min(r A, clip(r) A)`` still
+    has the gradient of ``r A``: False where the ratio has left ``[1 - clip, 1 + clip]``
+    on the side the advantage favours (``A > 0, r > 1 + clip`` or ``A < 0, r < 1 - clip``).
+
+    Args:
+        ratio: ``(n,)`` importance ratios ``pi / pi_old``.
+        advantages: ``(k, n)`` advantages of the k objectives that are ascended.
+        clip: PPO's clip parameter eps.
+    """
+    return ~(((advantages > 0) & (ratio > 1.0 + clip))
+             | ((advantages < 0) & (ratio < 1.0 - clip)))
+
+
 class IterationRows:
     """The rows of this iteration's train batch a learner has seen so far, by row index.
 
@@ -235,8 +250,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         # K-FAC factors folded (decomposed on the preconditioner's schedule); naturals.
         kfac = self.kfac[module_id]
         obs = module.flat_obs(batch)
-        g_reward, g_cost, dist, surrogate = self._policy_gradients(module, kfac, obs, batch,
-                                                                   cfg)
+        g_reward, g_cost, dist, surrogate = self._policy_gradients(module_id, module, kfac,
+                                                                   obs, batch, cfg)
         started = time.perf_counter()
         raw = [g_reward, g_cost]  # this minibatch's own gradients, for the agreement metrics
         if cfg.gradient_averaging in ("cost", "both"):
@@ -429,8 +444,9 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             self.kl_ratio = min(max(math.exp(log_ratio), KL_RATIO_RANGE[0]),
                                 KL_RATIO_RANGE[1])
 
-    def _policy_gradients(self, module: Any, kfac: KFACPreconditioner, obs: torch.Tensor,
-                          batch: dict[str, Any], cfg: Any) -> tuple[Any, ...]:
+    def _policy_gradients(self, module_id: str, module: Any, kfac: KFACPreconditioner,
+                          obs: torch.Tensor, batch: dict[str, Any],
+                          cfg: Any) -> tuple[Any, ...]:
         """g_r, g_c and (with K-FAC) the Fisher statistics from ONE forward and ONE backward.
 
         Both surrogates ``mean r A`` are sums of per-row terms whose gradient w.r.t. the
@@ -439,6 +455,10 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         per-sample layer-output gradients are the Fisher's ``g`` for the batch's actions.
         Those actions come from the behaviour policy, so ``G`` takes importance weights
         ``r_i = pi(a_i|s_i) / pi_old(a_i|s_i)`` (docs/algorithm.md, step 2).
+
+        With ``surrogate_clip`` (eps), rows PPO's clipped surrogate would clip (see
+        :func:`unclipped_rows`) get weight 0 in that surrogate's gradient; the Fisher keeps
+        every row.
 
         Returns:
             ``(g_reward, g_cost, dist, reward_surrogate)`` with ``dist`` the current policy
@@ -455,9 +475,23 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             mask = batch.get(Columns.LOSS_MASK)
             real = torch.ones_like(ratio) if mask is None else mask.to(ratio.dtype)
             scale = real / real.sum().clamp_min(1.0)
-            weights = torch.stack([ratio * batch[Postprocessing.ADVANTAGES] * scale,
-                                   -ratio * batch[COST_ADVANTAGES] * scale])
+            # The objectives ascended: r A_r (reward) and r (-A_c) (cost).
+            advantages = torch.stack([batch[Postprocessing.ADVANTAGES],
+                                      -batch[COST_ADVANTAGES]])
+            weights = ratio * advantages * scale
             surrogate = weights[0].sum()
+            if cfg.surrogate_clip is not None:
+                keep = unclipped_rows(ratio, advantages, cfg.surrogate_clip)
+                weights = weights * keep
+                clipped = ((~keep) * real).sum(dim=1) / real.sum().clamp_min(1.0)
+                self.metrics.log_value((module_id, M.REWARD_CLIPPED_SHARE),
+                                       float(clipped[0]), reduce="mean")
+                self.metrics.log_value((module_id, M.COST_CLIPPED_SHARE),
+                                       float(clipped[1]), reduce="mean")
+                # PPO's clipped surrogate: min(r A, clip(r, 1 - eps, 1 + eps) A).
+                bounded = ratio.clamp(1.0 - cfg.surrogate_clip, 1.0 + cfg.surrogate_clip)
+                surrogate = (torch.minimum(ratio * advantages[0], bounded * advantages[0])
+                             * scale).sum()
         g_reward, g_cost = kfac.score_gradients(
             outputs, score, weights,
             fisher_rows=real.bool() if cfg.use_kfac else None, fisher_weights=ratio)

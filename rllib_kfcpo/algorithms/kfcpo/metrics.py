@@ -31,6 +31,9 @@ HELD_OUT_CHECKS = "kl_checked_on_held_out_rows"
 # over checked tries) and the steps undone because it was <= 0 (sum).
 HELD_OUT_GAIN = "held_out_surrogate_gain"
 HELD_OUT_REJECTIONS = "held_out_rejections"
+# surrogate_clip: share of the minibatch's rows whose reward (cost) gradient is clipped away.
+REWARD_CLIPPED_SHARE = "reward_clipped_share"
+COST_CLIPPED_SHARE = "cost_clipped_share"
 KL_RATIO = "kl_real_over_quadratic"  # running ratio real / quadratic KL of kept steps
 COST_REQUIREMENT = "cost_requirement"  # kappa of the span step (share of max cost decrease)
 CONSTRAINT_ACTIVE = "cost_requirement_active"  # share of span steps where kappa binds
