@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 from typing import Any
 
 from ray.rllib.algorithms.ppo import PPO
@@ -61,6 +62,10 @@ class LearnerFailureError(RuntimeError):
     """A learner actor died during an update."""
 
 
+class SamplingOutageError(RuntimeError):
+    """No env runner returned a sample for ``max_sampling_outage_s``."""
+
+
 def _sample_on_runner(runner: Any, module_state: Any = None
                       ) -> tuple[Any, Any, BaseException | None]:
     """Runs on an env runner: samples, returning bad-env-data errors instead of dying.
@@ -98,6 +103,8 @@ class SafeAlgorithm(PPO):
         #: Set by a restore: the next iteration's sampling takes the learners' weights to
         #: the env runners (see _sample).
         self._sync_weights_before_sampling = False
+        #: When an env runner last returned samples (see _check_sampling_outage).
+        self._last_sampled_at = time.monotonic()
         super().setup(config)
 
     # --- State --------------------------------------------------------------------------
@@ -223,7 +230,9 @@ class SafeAlgorithm(PPO):
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
             episodes, env_runner_results = self._sample()
             if not episodes:
+                self._check_sampling_outage()
                 return
+            self._last_sampled_at = time.monotonic()
             self.metrics.aggregate(env_runner_results, key=ENV_RUNNER_RESULTS)
             if self.cost_window is not None:
                 self.cost_window.observe(episodes)
@@ -255,6 +264,31 @@ class SafeAlgorithm(PPO):
                 policies=modules_to_update,
                 inference_only=True,
             )
+
+    def _check_sampling_outage(self) -> None:
+        """Raises once no env runner has returned samples for ``max_sampling_outage_s``.
+
+        RLlib restarts failed runners and training skips the iterations without samples
+        meanwhile; if every runner stays down (killed again on each restart, e.g. by Ray's
+        memory monitor when the node is out of memory), those empty iterations would go on
+        forever, each "finished" in seconds with no env step.
+        """
+        limit = float(self.config.max_sampling_outage_s)
+        idle = time.monotonic() - self._last_sampled_at
+        if idle <= limit:
+            return
+        group = self.env_runner_group
+        raise SamplingOutageError(
+            f"No env runner returned a sample for {idle:.0f} s (max_sampling_outage_s="
+            f"{limit:g}): {group.num_healthy_remote_workers()} of "
+            f"{group.num_remote_workers()} env runners are healthy and RLlib could not "
+            "restore the others. Training stopped instead of running iterations without "
+            "data. Look for why the runners die (Ray's logs, e.g. raylet.out: 'Killing ... "
+            "Memory on the node' means the node ran out of memory: run fewer trials or "
+            "runners at once), then resume from the last checkpoint (`rllib train ... "
+            "--resume`, or Algorithm.from_checkpoint). To wait longer for restarts, raise "
+            "config.fault_tolerance(max_sampling_outage_s=...)."
+        )
 
     def _update_learners(self, episodes: Any) -> Any:
         return self.learner_group.update(episodes=episodes, timesteps=self._learner_timesteps(),

@@ -45,6 +45,8 @@ SAFE_RULES = (
     Rule("connector_timing_interval", integer(1),
          "an integer >= 1 (1 = time every connector call, RLlib's behaviour)",
          method="connector_timing", key="interval"),
+    Rule("max_sampling_outage_s", number(0, low_open=True),
+         "a finite number of seconds > 0", method="fault_tolerance"),
     Rule("train_batch_size", integer(1), "a positive integer"),
     Rule("minibatch_size", integer(1), "a positive integer"),
     Rule("num_epochs", integer(1), "a positive integer"),
@@ -104,6 +106,10 @@ class SafeAlgorithmConfig(PPOConfig):
         # default today; set here so it stays the package's default). Bad env data is
         # still raised, see SafeAlgorithm._sample.
         self.restart_failed_env_runners = True
+        # ... but not forever: iterations without a single sample for this long (every env
+        # runner dead and none restored, e.g. killed again and again by Ray's memory
+        # monitor) raise SamplingOutageError instead of training on nothing.
+        self.max_sampling_outage_s = 600.0
 
     @override(PPOConfig)
     def training(
@@ -144,6 +150,22 @@ class SafeAlgorithmConfig(PPOConfig):
         for name, value in values.items():
             if value is not NotProvided:
                 setattr(self, name, value)
+
+    @override(PPOConfig)
+    def fault_tolerance(self, *, max_sampling_outage_s: float | None = NotProvided,
+                        **kwargs: Any) -> SafeAlgorithmConfig:
+        """RLlib's fault-tolerance settings, and one of the package's.
+
+        Args:
+            max_sampling_outage_s: How long training may go on without any env runner
+                returning a sample (every runner failed and none was restored yet) before
+                it stops with :class:`~rllib_kfcpo.safe.algorithm.SamplingOutageError`
+                (default 600 s; a runner restart takes seconds).
+            **kwargs: ``AlgorithmConfig.fault_tolerance``'s settings.
+        """
+        super().fault_tolerance(**kwargs)
+        self._set_provided(max_sampling_outage_s=max_sampling_outage_s)
+        return self
 
     def observation_normalization(self, enabled: bool = True) -> SafeAlgorithmConfig:
         """Turns the running mean/std observation filter on env runners on or off."""

@@ -201,3 +201,32 @@ def test_tune_checkpoints_go_through_the_atomic_save(ray_local, tmp_path):
         algo.stop()
 
 
+
+
+def test_sampling_outage_stops_training_with_one_clear_error(ray_local):
+    """Every env runner down for good: iterations without samples are skipped only until
+    max_sampling_outage_s has passed, then one error names the cause and the fix (before,
+    training ran empty iterations forever, as after Ray's memory monitor killed runners)."""
+    from rllib_kfcpo.safe.algorithm import SamplingOutageError
+
+    algo = tiny(runners=1).fault_tolerance(max_sampling_outage_s=3.0).build_algo()
+    try:
+        lifetime = algo.train()["env_runners"]["num_env_steps_sampled_lifetime"]
+        assert lifetime >= BATCH
+        group = algo.env_runner_group
+        ray.kill(group._worker_manager._actors[group.healthy_worker_ids()[0]],
+                 no_restart=True)
+        deadline = time.time() + 60
+        with pytest.raises(SamplingOutageError,
+                           match=r"No env runner returned a sample for \d+ s "
+                                 r"\(max_sampling_outage_s=3\).*0 of 1 env runners.*"
+                                 r"--resume.*max_sampling_outage_s"):
+            while time.time() < deadline:
+                result = algo.train()  # empty iterations until the outage limit
+                assert result["env_runners"].get("num_env_steps_sampled_lifetime",
+                                                 lifetime) == lifetime
+                time.sleep(0.5)
+    finally:
+        algo.stop()
+    with pytest.raises(ValueError, match="max_sampling_outage_s"):
+        tiny().fault_tolerance(max_sampling_outage_s=0).validate()
