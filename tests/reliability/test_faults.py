@@ -201,8 +201,6 @@ def test_tune_checkpoints_go_through_the_atomic_save(ray_local, tmp_path):
         algo.stop()
 
 
-
-
 def test_sampling_outage_stops_training_with_one_clear_error(ray_local):
     """Every env runner down for good: iterations without samples are skipped only until
     max_sampling_outage_s has passed, then one error names the cause and the fix (before,

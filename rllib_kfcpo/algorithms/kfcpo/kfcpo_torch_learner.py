@@ -474,16 +474,18 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
             ratio = torch.exp(logp - batch[Columns.ACTION_LOGP])
             mask = batch.get(Columns.LOSS_MASK)
             real = torch.ones_like(ratio) if mask is None else mask.to(ratio.dtype)
-            scale = real / real.sum().clamp_min(1.0)
+            rows = real.sum().clamp_min(1.0)
+            scale = real / rows
             # The objectives ascended: r A_r (reward) and r (-A_c) (cost).
             advantages = torch.stack([batch[Postprocessing.ADVANTAGES],
                                       -batch[COST_ADVANTAGES]])
             weights = ratio * advantages * scale
-            surrogate = weights[0].sum()
-            if cfg.surrogate_clip is not None:
+            if cfg.surrogate_clip is None:
+                surrogate = weights[0].sum()
+            else:
                 keep = unclipped_rows(ratio, advantages, cfg.surrogate_clip)
                 weights = weights * keep
-                clipped = ((~keep) * real).sum(dim=1) / real.sum().clamp_min(1.0)
+                clipped = ((~keep) * real).sum(dim=1) / rows
                 self.metrics.log_value((module_id, M.REWARD_CLIPPED_SHARE),
                                        float(clipped[0]), reduce="mean")
                 self.metrics.log_value((module_id, M.COST_CLIPPED_SHARE),
