@@ -239,23 +239,25 @@ def test_margin_integral_sums_the_relative_excess_clamps_it_and_shifts_the_weigh
     assert restored.margin_integral == learner.margin_integral
 
 
-@pytest.mark.parametrize("cap", [None, 0.5])
-def test_pid_margin_schedule_weights_follow_an_independent_pid_on_the_margin(tmp_path, cap):
+@pytest.mark.parametrize("cap, init", [(None, None), (0.5, None), (None, 4.0)])
+def test_pid_margin_schedule_weights_follow_an_independent_pid_on_the_margin(tmp_path, cap,
+                                                                            init):
     """margin_schedule='pid': once per iteration lambda = max(0, kp P + I + kd D) on the
     error Jc - d (1 - margin_offset) (OmniSafe CPPOPID's controller, recomputed here from its
     formulas), and the step's weights are (1, lambda) / (1 + lambda). The sigmoid's
     temperature plays no part; the controller's state survives a checkpoint. With
-    margin_multiplier_max, I and lambda are both clamped to the cap (anti-windup)."""
+    margin_multiplier_max, I and lambda are both clamped to the cap (anti-windup); with
+    margin_pid_init the integral starts there (None: OmniSafe's 1e-3)."""
     spaces = {"default_policy": (ActionCostEnv().observation_space,
                                  ActionCostEnv().action_space)}
     limit, offset, (kp, ki, kd) = 5.0, 0.2, (0.3, 0.05, 0.2)
     top = math.inf if cap is None else cap
     config = toy_config(margin_schedule="pid", margin_offset=offset,
                         margin_pid_gains=[kp, ki, kd], margin_temperature=123.0,
-                        margin_multiplier_max=cap)
+                        margin_multiplier_max=cap, margin_pid_init=init)
     learner = config.build_learner(spaces=spaces)
     setpoint = limit * (1.0 - offset)
-    integral, p_term, smoothed, history = 1e-3, 0.0, 0.0, [0.0]
+    integral, p_term, smoothed, history = 1e-3 if init is None else init, 0.0, 0.0, [0.0]
     lam, capped = 0.0, 0
     for jc in (12.0, 9.0, float("nan"), 2.0, 0.0, 7.0):
         logged = learner.update(episodes=toy_episodes(),
@@ -273,7 +275,10 @@ def test_pid_margin_schedule_weights_follow_an_independent_pid_on_the_margin(tmp
         assert float(logged["margin_multiplier"]) == pytest.approx(lam, rel=1e-12)
         assert float(logged["weight_cost"]) == pytest.approx(lam / (1.0 + lam), rel=1e-9)
         assert float(logged["weight_reward"]) == pytest.approx(1.0 / (1.0 + lam), rel=1e-9)
-    assert 0.0 < lam < 1.0  # the run visits both sides of the set-point
+    if init is None:
+        assert 0.0 < lam < 1.0  # the run visits both sides of the set-point
+    else:  # a cost-first start: 4 + 0.05 (8 + 5 - 2 - 4 + 3) in the integral
+        assert integral == pytest.approx(4.5) and lam > 4.5
     assert capped == (0 if cap is None else 4)  # the cap binds at Jc 12, 9, 2 and 7
     learner.save_to_path(str(tmp_path))
     restored = config.build_learner(spaces=spaces)
@@ -289,6 +294,11 @@ def test_pid_margin_schedule_refuses_the_sigmoid_integral_term():
 def test_margin_multiplier_max_is_refused_without_the_pid_schedule():
     with pytest.raises(ValueError, match="margin_multiplier_max=2.0.*set margin_schedule='pid'"):
         toy_config(margin_schedule="sigmoid", margin_multiplier_max=2.0).validate()
+
+
+def test_margin_pid_init_is_refused_without_the_pid_schedule():
+    with pytest.raises(ValueError, match="margin_pid_init=20.0.*set margin_schedule='pid'"):
+        toy_config(margin_schedule="sigmoid", margin_pid_init=20.0).validate()
 
 
 def test_margin_cost_ema_is_validated():

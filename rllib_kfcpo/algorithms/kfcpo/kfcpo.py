@@ -87,6 +87,11 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
     "margin_multiplier_max": (None, "Anti-windup cap of the 'pid' margin schedule: its "
                                     "integral and lambda stay <= this (w_c <= cap / (1 + "
                                     "cap)); None: no cap, as OmniSafe."),
+    "margin_pid_init": (None, "Initial integral (so lambda) of the 'pid' margin schedule's "
+                              "controller: a cost-first start (e.g. 20: w_c ~0.95 from "
+                              "the first iteration) that unwinds at ki (Jc - set-point) "
+                              "per iteration once Jc is below the set-point; None: "
+                              "OmniSafe's 1e-3."),
     "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
     "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
     "margin_cost_ema": (1.0, "Weight of the newest iteration's Jc in the margin's EMA of "
@@ -148,6 +153,7 @@ KFCPO_RULES = (
     Rule("margin_pid_gains", sequence_of(number(0), 3),
          "a list of three finite numbers >= 0 (kp, ki, kd)"),
     Rule("margin_multiplier_max", optional(number(0, low_open=True)), f"None or {_POSITIVE}"),
+    Rule("margin_pid_init", optional(number(0)), "None or a finite number >= 0"),
     Rule("direction_momentum", number(0, 1, high_open=True), "in [0, 1)"),
     Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
     Rule("normalize_directions", boolean, "True or False"),
@@ -205,6 +211,11 @@ class KFCPOConfig(SafeAlgorithmConfig):
                 "with margin_schedule='pid': the PID controller has its own integral term "
                 "(margin_pid_gains); set margin_integral_gain=0.0 or use the 'sigmoid' "
                 "schedule.")
+        if self.margin_pid_init is not None and self.margin_schedule != "pid":
+            raise ValueError(
+                f"training(margin_pid_init={self.margin_pid_init!r}) is invalid with "
+                f"margin_schedule={self.margin_schedule!r}: it starts the 'pid' schedule's "
+                "multiplier; set margin_schedule='pid' or margin_pid_init=None.")
         if self.held_out_improvement and self.rollback_kl_rows != "held_out":
             raise ValueError(
                 "training(held_out_improvement=True) is invalid with rollback_kl_rows="

@@ -169,7 +169,9 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         # margin_schedule="pid": lambda from OmniSafe CPPOPID's controller on the margin's Jc.
         kp, ki, kd = self.config.margin_pid_gains
         cap = self.config.margin_multiplier_max
+        init = self.config.margin_pid_init
         self.margin_pid = PIDLagrangian(kp=kp, ki=ki, kd=kd,
+                                        **({} if init is None else {"init": init}),
                                         multiplier_max=math.inf if cap is None else cap)
         # The previous minibatch's (g_r, g_c, n_r, n_c), flattened: the agreement metrics.
         self.previous_directions: dict[str, list[torch.Tensor]] = {}
