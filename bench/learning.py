@@ -112,6 +112,29 @@ def summarise(trials: list[dict], limit: float) -> dict[str, float]:
     }
 
 
+def sampled_iterations(steps: np.ndarray | list[float]) -> np.ndarray:
+    """Mask of the iterations that sampled env steps: lifetime steps finite, > 0 and above
+    every earlier iteration's. While a trial's env runner is down (e.g. killed by Ray's
+    memory monitor and restarting) Tune still logs iterations, which sample and train
+    nothing; they are not part of the run (counting them would dilute its violation and
+    widen its final 10 %)."""
+    mask, best = [], 0.0
+    for value in np.asarray(steps, dtype=float):
+        mask.append(bool(math.isfinite(value) and value > best))
+        best = value if mask[-1] else best
+    return np.asarray(mask, dtype=bool)
+
+
+def violation_by_part(costs: np.ndarray | list[float], limit: float,
+                      parts: int = 4) -> list[float]:
+    """Means of ``max(0, cost - limit)`` over ``parts`` consecutive, near-equal shares of a
+    run's iterations (NaN cost: no violation, as ``mean_violation``): when in training the
+    violation happens."""
+    excess = np.maximum(0.0, np.nan_to_num(np.asarray(costs, dtype=float)) - limit)
+    return [float(np.mean(part)) if len(part) else math.nan
+            for part in np.array_split(excess, parts)]
+
+
 def run_record(trial: dict, *, env: str, algo: str, seed: int, limit: float,
                wall_s: float) -> dict:
     """One finished run's headline record from its ``progress.csv`` columns.
@@ -119,11 +142,14 @@ def run_record(trial: dict, *, env: str, algo: str, seed: int, limit: float,
     ``final_return``/``final_cost``: means over the last 10 % of the run's iterations of the
     training-time episode return and cost; ``mean_violation``: the mean over all
     iterations of ``max(0, cost - limit)`` (safety during training, not only at the end).
+    Iterations that sampled nothing (:func:`sampled_iterations`) are left out.
     """
     from rllib_kfcpo.cli.run import final_rows
 
-    returns, costs = np.asarray(trial["return"]), np.asarray(trial["cost"])
-    steps = np.asarray(trial["steps"])
+    keep = sampled_iterations(trial["steps"])
+    keep = keep if keep.any() else np.ones(len(keep), dtype=bool)
+    returns, costs = np.asarray(trial["return"])[keep], np.asarray(trial["cost"])[keep]
+    steps = np.asarray(trial["steps"])[keep]
     tail = final_rows(len(returns))
     return {
         "env": env, "algo": algo, "seed": seed,
@@ -360,8 +386,14 @@ def summarise_runs(root: Path, limit: float = 25.0,
             rows = read_rows(Path(trial["dir"]))
             # Tune's time_total_s of the last iteration (a resumed run's, if resumed).
             wall = float(rows[-1].get("time_total_s") or math.nan) if rows else math.nan
+            keep = sampled_iterations(trial["steps"])
+            if keep.any() and len(keep) == len(rows):  # iterations that sampled nothing out
+                rows = [row for row, kept in zip(rows, keep, strict=True) if kept]
+            keep = keep if keep.any() else np.ones(len(keep), dtype=bool)
             runs.append({**run_record(trial, env=str(params.get("env", "")), algo=name,
                                       seed=params.get("seed"), limit=limit, wall_s=wall),
+                         "violation_by_quarter": violation_by_part(
+                             np.asarray(trial["cost"])[keep], limit),
                          "diagnostics": run_diagnostics(rows)})
             if window is not None:
                 runs[-1]["window"] = window_means(trial, *window)
@@ -370,11 +402,15 @@ def summarise_runs(root: Path, limit: float = 25.0,
         out[name] = {"runs": runs, "return_mean": float(np.mean(returns)),
                      "return_std": float(np.std(returns)), "cost_mean": float(np.mean(costs)),
                      "cost_max": float(np.max(costs)),
-                     "violation_mean": float(np.mean([r["mean_violation"] for r in runs]))}
+                     "violation_mean": float(np.mean([r["mean_violation"] for r in runs])),
+                     "violation_by_quarter": [float(np.mean(q)) for q in zip(
+                         *(r["violation_by_quarter"] for r in runs), strict=True)]}
         print(f"{name:>32} | steps {min(r['steps'] for r in runs):>9,} | return "
               f"{out[name]['return_mean']:6.2f} +- {out[name]['return_std']:5.2f} | cost "
               f"{out[name]['cost_mean']:6.1f} (max {out[name]['cost_max']:6.1f}) | violation "
               f"{out[name]['violation_mean']:6.1f} | seeds {[r['seed'] for r in runs]}")
+        print(" " * 33 + "| violation by quarter of the run (mean over seeds): " + " / ".join(
+            f"{v:.1f}" for v in out[name]["violation_by_quarter"]))
         if window is not None:
             means = [r["window"] for r in runs]
             out[name]["window"] = {

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,7 @@ def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
     assert re.search(r"^ +KFCPO \| steps +[\d,]+ \| return", out, re.MULTILINE), out
     assert "final 10 %, per seed: weight_cost " in out, out
     assert "whole run, per seed: margin_multiplier_peak " in out, out
+    assert "violation by quarter of the run (mean over seeds): " in out, out
     assert f"env steps {window[0]:,}-{window[1]:,}: return" in out, out
     (run,) = json.loads(summary.read_text())["KFCPO"]["runs"]
 
@@ -112,6 +114,7 @@ def test_learning_smoke_prints_table_and_writes_curves(tmp_path: Path):
     inside = rows[1:]
     returns = column("env_runners/episode_return_mean", inside)
     costs = column("env_runners/episode_cost_mean", inside)
+    assert len(run["violation_by_quarter"]) == 4
     assert run["window"]["iterations"] == len(inside)
     assert run["window"]["return"] == pytest.approx(sum(returns) / len(returns))
     assert run["window"]["cost"] == pytest.approx(sum(costs) / len(costs))
@@ -195,3 +198,40 @@ def test_headline_targets_are_checked_for_kfcpo_and_its_variants_never_as_baseli
     assert "KFCPO-offset0.3: mean violation <= 0.5 x PPOLag's (20.00): 9.00 met" in text
     assert "KFCPO: mean violation <= 0.5 x PPOLag's (20.00): 12.00 NOT met" in text
     assert "best feasible baseline (KFCPO" not in text
+
+
+def test_headline_records_leave_out_iterations_that_sampled_nothing():
+    """While a trial's env runner is down (killed for memory, restarting), Tune logs
+    iterations with no samples (lifetime steps 0 or not logged, no return or cost). They
+    are not part of the run: the final 10 % and the mean violation are those of the
+    iterations that sampled, recomputed here by hand; the violation by quarter splits
+    those iterations into four near-equal consecutive shares."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import learning
+    finally:
+        sys.path.remove(str(BENCH))
+
+    nan = math.nan
+    # 4 idle iterations (0, NaN steps), then 12 that sampled 10 steps each, one of them
+    # repeated (a re-logged iteration: no new steps), and the cost NaN in the first one.
+    steps = [0, 0, nan, 0] + [10.0 * k for k in range(1, 13)]
+    steps.insert(9, 50.0)  # a 6th row at 50: sampled nothing new
+    costs = [nan] * 4 + [nan, 40, 31, 20, 27, 27, 10, 45, 25, 26, 33, 12, 60]
+    returns = [nan] * 4 + [float(k) for k in range(13)]
+    assert len(steps) == len(costs) == len(returns) == 17
+    mask = learning.sampled_iterations(steps)
+    assert mask.tolist() == [False] * 4 + [True] * 5 + [False] + [True] * 7
+    kept_costs = [c for c, k in zip(costs, mask, strict=True) if k]
+    kept_returns = [r for r, k in zip(returns, mask, strict=True) if k]
+    record = learning.run_record({"steps": np.array(steps), "return": np.array(returns),
+                                  "cost": np.array(costs)},
+                                 env="E", algo="A", seed=0, limit=25.0, wall_s=1.0)
+    excess = [max(0.0, (0.0 if c != c else c) - 25.0) for c in kept_costs]
+    assert record["mean_violation"] == pytest.approx(sum(excess) / 12)
+    assert record["final_cost"] == pytest.approx(sum(kept_costs[-2:]) / 2)  # 10 % of 12 -> 2
+    assert record["final_return"] == pytest.approx(sum(kept_returns[-2:]) / 2)
+    assert record["steps"] == 120
+    quarters = learning.violation_by_part(kept_costs, 25.0)
+    assert quarters == pytest.approx([sum(excess[i:i + 3]) / 3 for i in (0, 3, 6, 9)])
+    assert learning.violation_by_part([30.0] * 5, 25.0, parts=2) == [5.0, 5.0]
