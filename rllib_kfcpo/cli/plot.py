@@ -42,11 +42,22 @@ def read_rows(trial_dir: Path) -> list[dict[str, Any]]:
     checkpoint and the interruption twice, and its ``progress.csv`` gains rows whose
     columns no longer match the header (seen on a resumed headline group: return and cost
     read from other columns); so the JSON lines are preferred, and of an iteration logged
-    twice the later row (the resumed run's) is kept.
+    twice the later row (the resumed run's) is kept. A running trial's last line may be
+    half written: it is left out until it is complete.
     """
     results = trial_dir / "result.json"
     if results.is_file():
-        rows = [_flatten(json.loads(line)) for line in results.open() if line.strip()]
+        lines = [line for line in results.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                rows.append(_flatten(json.loads(line)))
+            except json.JSONDecodeError as error:
+                if number == len(lines):  # a running trial's row, half written: not yet
+                    break
+                raise ValueError(f"{results}, line {number}, is not a JSON result ({error})"
+                                 ": the file is damaged; remove that line or the trial "
+                                 "directory.") from None
     else:
         rows = list(csv.DictReader((trial_dir / "progress.csv").open()))
     by_iteration: dict[Any, dict[str, Any]] = {}

@@ -12,6 +12,8 @@ import csv
 import json
 import math
 
+import pytest
+
 from rllib_kfcpo.cli.plot import read_rows, read_trial
 from rllib_kfcpo.cli.run import COST_KEY, RETURN_KEY, STEPS_KEY
 
@@ -67,3 +69,16 @@ def test_progress_csv_alone_is_read_with_the_same_rule(tmp_path):
     assert list(trial["steps"]) == [100, 200, 300, 400, 500]
     assert list(trial["return"][:4]) == [1.0, 20.0, 30.0, 40.0]
     assert math.isnan(trial["return"][4]) and math.isnan(trial["cost"][4])
+
+
+def test_a_running_trials_half_written_last_line_is_left_out(tmp_path):
+    """Tune appends result.json while the trial runs: reading it then (a plot or a summary
+    of a running experiment) may catch the last line half written. The complete rows are
+    read; a damaged line before the last is one clear error naming the file and line."""
+    lines = [json.dumps(row) for row in FIRST]
+    (tmp_path / "result.json").write_text("\n".join(lines) + "\n" + lines[0][:25])
+    assert [r["training_iteration"] for r in read_rows(tmp_path)] == [1, 2, 3]
+    (tmp_path / "result.json").write_text(lines[0][:25] + "\n" + "\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"result.json, line 1, is not a JSON result .*"
+                                         "remove that line or the trial directory"):
+        read_rows(tmp_path)
