@@ -117,12 +117,13 @@ def sampled_iterations(steps: np.ndarray | list[float]) -> np.ndarray:
     every earlier iteration's. While a trial's env runner is down (e.g. killed by Ray's
     memory monitor and restarting) Tune still logs iterations, which sample and train
     nothing; they are not part of the run (counting them would dilute its violation and
-    widen its final 10 %)."""
+    widen its final 10 %). A run in which no iteration sampled keeps every iteration (it is
+    reported as it is)."""
     mask, best = [], 0.0
     for value in np.asarray(steps, dtype=float):
         mask.append(bool(math.isfinite(value) and value > best))
         best = value if mask[-1] else best
-    return np.asarray(mask, dtype=bool)
+    return np.asarray(mask, dtype=bool) if any(mask) else np.ones(len(mask), dtype=bool)
 
 
 def violation_by_part(costs: np.ndarray | list[float], limit: float,
@@ -147,7 +148,6 @@ def run_record(trial: dict, *, env: str, algo: str, seed: int, limit: float,
     from rllib_kfcpo.cli.run import final_rows
 
     keep = sampled_iterations(trial["steps"])
-    keep = keep if keep.any() else np.ones(len(keep), dtype=bool)
     returns, costs = np.asarray(trial["return"])[keep], np.asarray(trial["cost"])[keep]
     steps = np.asarray(trial["steps"])[keep]
     tail = final_rows(len(returns))
@@ -386,10 +386,8 @@ def summarise_runs(root: Path, limit: float = 25.0,
             rows = read_rows(Path(trial["dir"]))
             # Tune's time_total_s of the last iteration (a resumed run's, if resumed).
             wall = float(rows[-1].get("time_total_s") or math.nan) if rows else math.nan
-            keep = sampled_iterations(trial["steps"])
-            if keep.any() and len(keep) == len(rows):  # iterations that sampled nothing out
-                rows = [row for row, kept in zip(rows, keep, strict=True) if kept]
-            keep = keep if keep.any() else np.ones(len(keep), dtype=bool)
+            keep = sampled_iterations(trial["steps"])  # iterations that sampled nothing out
+            rows = [row for row, kept in zip(rows, keep, strict=True) if kept]
             runs.append({**run_record(trial, env=str(params.get("env", "")), algo=name,
                                       seed=params.get("seed"), limit=limit, wall_s=wall),
                          "violation_by_quarter": violation_by_part(

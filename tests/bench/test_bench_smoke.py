@@ -235,3 +235,4 @@ def test_headline_records_leave_out_iterations_that_sampled_nothing():
     quarters = learning.violation_by_part(kept_costs, 25.0)
     assert quarters == pytest.approx([sum(excess[i:i + 3]) / 3 for i in (0, 3, 6, 9)])
     assert learning.violation_by_part([30.0] * 5, 25.0, parts=2) == [5.0, 5.0]
+    assert learning.sampled_iterations([0, math.nan, 0]).tolist() == [True] * 3  # none
