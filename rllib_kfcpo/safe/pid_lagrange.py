@@ -5,7 +5,9 @@ Lagrangian Methods", as OmniSafe's ``PIDLagrangian`` (``omnisafe/common/pid_lagr
 used by CPPOPID) computes it. Once per iteration, from the windowed episode cost Jc:
 
 1. ``delta = Jc - d``;
-2. integral: ``I <- max(0, I + ki * delta)`` (clamped to [0, 1] under ``diff_norm``);
+2. integral: ``I <- max(0, I + ki * delta)`` (clamped to [0, 1] under ``diff_norm``); with
+   ``ki_unwind`` set (ours; None: ``ki``, OmniSafe's), ``ki_unwind`` replaces ``ki`` while
+   ``delta < 0``;
 3. proportional: ``P <- alpha_p * P + (1 - alpha_p) * delta`` (EMA of the error);
 4. derivative: ``C <- alpha_d * C + (1 - alpha_d) * Jc`` (EMA of the cost) and
    ``D = max(0, C - C_{k - delay})`` with ``C_{k - delay}`` the oldest of the last
@@ -18,6 +20,13 @@ used by CPPOPID) computes it. Once per iteration, from the windowed episode cost
 clamp: the integral and lambda both stay in [0, multiplier_max], so a long excess cannot
 store more multiplier than the cap, and the integral unwinds from the cap, not from the
 level the excess would have built.
+
+``ki_unwind`` (ours, default None: the symmetric integral of OmniSafe) lets the integral
+fall faster below the limit than it rises above it: a multiplier wound up by a long early
+excess then lets go of the reward within a few iterations of the cost coming down, where
+``ki`` alone takes ``I / (ki |delta|)`` iterations. The price is a bias: the integral is
+steady when ``ki`` times the excess equals ``ki_unwind`` times the shortfall, so the cost
+may sit above ``d`` for longer than below it.
 
 The integral starts at ``init`` (OmniSafe's ``lagrangian_multiplier_init``), lambda at 0
 until the first update. See docs/algorithm.md, "PPO-PID-Lagrangian".
@@ -40,9 +49,11 @@ class PIDLagrangian:
                  d_delay: int = 10, delta_p_ema_alpha: float = 0.95,
                  delta_d_ema_alpha: float = 0.95, sum_norm: bool = True,
                  diff_norm: bool = False, penalty_max: float = 100.0,
-                 init: float = 1e-3, multiplier_max: float = math.inf) -> None:
+                 init: float = 1e-3, multiplier_max: float = math.inf,
+                 ki_unwind: float | None = None) -> None:
         for name, value in (("pid_kp", kp), ("pid_ki", ki), ("pid_kd", kd),
-                            ("lagrangian_multiplier_init", init)):
+                            ("lagrangian_multiplier_init", init),
+                            ("ki_unwind", ki if ki_unwind is None else ki_unwind)):
             if not _is_real(value) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name}={value!r} is invalid: it must be a finite number "
                                  ">= 0.")
@@ -59,6 +70,7 @@ class PIDLagrangian:
                              "number > 0 (math.inf: no cap).")
         self.multiplier_max = float(multiplier_max)
         self.kp, self.ki, self.kd = float(kp), float(ki), float(kd)
+        self.ki_unwind = self.ki if ki_unwind is None else float(ki_unwind)
         self.delta_p_ema_alpha = float(delta_p_ema_alpha)
         self.delta_d_ema_alpha = float(delta_d_ema_alpha)
         self.sum_norm, self.diff_norm = bool(sum_norm), bool(diff_norm)
@@ -83,7 +95,8 @@ class PIDLagrangian:
             return self._value
         jc = float(episode_cost)
         delta = jc - float(cost_limit)
-        self.integral = min(max(0.0, self.integral + delta * self.ki), self.multiplier_max)
+        gain = self.ki if delta >= 0 else self.ki_unwind
+        self.integral = min(max(0.0, self.integral + delta * gain), self.multiplier_max)
         if self.diff_norm:
             self.integral = min(1.0, self.integral)
         a_p = self.delta_p_ema_alpha

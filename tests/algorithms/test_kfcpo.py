@@ -239,22 +239,26 @@ def test_margin_integral_sums_the_relative_excess_clamps_it_and_shifts_the_weigh
     assert restored.margin_integral == learner.margin_integral
 
 
-@pytest.mark.parametrize("cap, init", [(None, None), (0.5, None), (None, 4.0)])
+@pytest.mark.parametrize("cap, init, unwind",
+                         [(None, None, None), (0.5, None, None), (None, 4.0, None),
+                          (None, 4.0, 0.5)])
 def test_pid_margin_schedule_weights_follow_an_independent_pid_on_the_margin(tmp_path, cap,
-                                                                            init):
+                                                                            init, unwind):
     """margin_schedule='pid': once per iteration lambda = max(0, kp P + I + kd D) on the
     error Jc - d (1 - margin_offset) (OmniSafe CPPOPID's controller, recomputed here from its
     formulas), and the step's weights are (1, lambda) / (1 + lambda). The sigmoid's
     temperature plays no part; the controller's state survives a checkpoint. With
     margin_multiplier_max, I and lambda are both clamped to the cap (anti-windup); with
-    margin_pid_init the integral starts there (None: OmniSafe's 1e-3)."""
+    margin_pid_init the integral starts there (None: OmniSafe's 1e-3); with
+    margin_pid_unwind_gain that gain replaces ki while Jc is under the set-point."""
     spaces = {"default_policy": (ActionCostEnv().observation_space,
                                  ActionCostEnv().action_space)}
     limit, offset, (kp, ki, kd) = 5.0, 0.2, (0.3, 0.05, 0.2)
     top = math.inf if cap is None else cap
     config = toy_config(margin_schedule="pid", margin_offset=offset,
                         margin_pid_gains=[kp, ki, kd], margin_temperature=123.0,
-                        margin_multiplier_max=cap, margin_pid_init=init)
+                        margin_multiplier_max=cap, margin_pid_init=init,
+                        margin_pid_unwind_gain=unwind)
     learner = config.build_learner(spaces=spaces)
     setpoint = limit * (1.0 - offset)
     integral, p_term, smoothed, history = 1e-3 if init is None else init, 0.0, 0.0, [0.0]
@@ -264,7 +268,8 @@ def test_pid_margin_schedule_weights_follow_an_independent_pid_on_the_margin(tmp
                                 timesteps={"safe_episode_cost_mean": jc},
                                 num_epochs=1, minibatch_size=100)["default_policy"]
         if jc == jc:  # not NaN: one controller step (NaN: no new Jc, no step)
-            integral = min(max(0.0, integral + ki * (jc - setpoint)), top)
+            gain = ki if unwind is None or jc >= setpoint else unwind
+            integral = min(max(0.0, integral + gain * (jc - setpoint)), top)
             p_term = 0.95 * p_term + 0.05 * (jc - setpoint)
             smoothed = 0.95 * smoothed + 0.05 * jc
             lam = min(max(0.0, kp * p_term + integral + kd * max(0.0, smoothed - history[0])),
@@ -277,8 +282,10 @@ def test_pid_margin_schedule_weights_follow_an_independent_pid_on_the_margin(tmp
         assert float(logged["weight_reward"]) == pytest.approx(1.0 / (1.0 + lam), rel=1e-9)
     if init is None:
         assert 0.0 < lam < 1.0  # the run visits both sides of the set-point
-    else:  # a cost-first start: 4 + 0.05 (8 + 5 - 2 - 4 + 3) in the integral
+    elif unwind is None:  # a cost-first start: 4 + 0.05 (8 + 5 - 2 - 4 + 3) in the integral
         assert integral == pytest.approx(4.5) and lam > 4.5
+    else:  # 4 + 0.05 (8 + 5 + 3) - 0.5 (2 + 4): the two Jc under the set-point pull 3
+        assert integral == pytest.approx(1.8)
     assert capped == (0 if cap is None else 4)  # the cap binds at Jc 12, 9, 2 and 7
     learner.save_to_path(str(tmp_path))
     restored = config.build_learner(spaces=spaces)
@@ -294,6 +301,12 @@ def test_pid_margin_schedule_refuses_the_sigmoid_integral_term():
 def test_margin_multiplier_max_is_refused_without_the_pid_schedule():
     with pytest.raises(ValueError, match="margin_multiplier_max=2.0.*set margin_schedule='pid'"):
         toy_config(margin_schedule="sigmoid", margin_multiplier_max=2.0).validate()
+
+
+def test_margin_pid_unwind_gain_is_refused_without_the_pid_schedule():
+    with pytest.raises(ValueError,
+                       match="margin_pid_unwind_gain=0.5.*set margin_schedule='pid'"):
+        toy_config(margin_schedule="sigmoid", margin_pid_unwind_gain=0.5).validate()
 
 
 def test_margin_pid_init_is_refused_without_the_pid_schedule():

@@ -65,6 +65,7 @@ BAD_VALUES = [
     (KFCPOConfig, "training", "margin_pid_gains", (0.1, -0.01, 0.0), "three finite numbers"),
     (KFCPOConfig, "training", "margin_multiplier_max", 0.0, "None or a finite number > 0"),
     (KFCPOConfig, "training", "margin_pid_init", -1.0, "None or a finite number >= 0"),
+    (KFCPOConfig, "training", "margin_pid_unwind_gain", -0.1, "None or a finite number >= 0"),
     (KFCPOConfig, "training", "log_std_trust_region_kl", 0.0, "None or a finite number > 0"),
     (KFCPOConfig, "training", "step_rule", "cpo", "one of ('blend', 'span')"),
     (KFCPOConfig, "training", "gradient_averaging", "reward", "one of ('none', 'cost', 'both')"),

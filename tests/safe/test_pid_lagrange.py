@@ -78,6 +78,20 @@ def test_multiplier_max_clamps_integral_and_lambda_so_the_integral_unwinds_from_
     assert max(run(summed, COSTS)) == 12.0
 
 
+def test_unwind_gain_replaces_ki_only_below_the_limit():
+    pid = PIDLagrangian(**HAND, ki_unwind=1.0)
+    # HAND's steps with the integral gain 1.0 instead of 0.5 while delta < 0:
+    #  1-3: delta 10, 20, 0 (>= 0: ki 0.5)   as HAND: 30, 67.5, 31.25 (I 15)
+    #  4: delta -10 I 15 - 10 = 5            lambda -1.875 + 5 (symmetric: I 10)  = 3.125
+    #  5: delta -10 I max(0, 5 - 10) = 0     lambda -5.9375 -> clamp              = 0
+    #  6:           I 0                      lambda                               = 0
+    values = run(pid, COSTS[:5])
+    assert values == pytest.approx([30.0, 67.5, 31.25, 3.125, 0.0], abs=1e-12)
+    assert pid.integral == 0.0  # symmetric, it would still hold 5 here
+    symmetric = PIDLagrangian(**HAND, ki_unwind=None)
+    assert run(symmetric, COSTS) == pytest.approx(HAND_LAMBDAS, abs=1e-12)
+
+
 def test_unknown_cost_changes_nothing():
     pid = PIDLagrangian(**HAND)
     run(pid, COSTS[:2])
@@ -102,6 +116,7 @@ def test_state_round_trip_continues_the_same_sequence():
     ({"d_delay": 0}, "pid_d_delay"), ({"delta_p_ema_alpha": 1.0}, "pid_delta_p_ema_alpha"),
     ({"penalty_max": 0.0}, "penalty_max"), ({"init": -1.0}, "lagrangian_multiplier_init"),
     ({"multiplier_max": 0.0}, "multiplier_max"), ({"multiplier_max": math.nan}, "multiplier_max"),
+    ({"ki_unwind": -0.5}, "ki_unwind"), ({"ki_unwind": math.inf}, "ki_unwind"),
 ])
 def test_bad_gains_are_refused(kwargs, name):
     with pytest.raises(ValueError, match=name):

@@ -92,6 +92,11 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
                               "the first iteration) that unwinds at ki (Jc - set-point) "
                               "per iteration once Jc is below the set-point; None: "
                               "OmniSafe's 1e-3."),
+    "margin_pid_unwind_gain": (None, "Integral gain of the 'pid' margin schedule while Jc is "
+                                     "below the set-point (the integral then falls by this "
+                                     "times the shortfall per iteration), so a multiplier "
+                                     "wound up early lets go of the reward sooner; None: "
+                                     "margin_pid_gains' ki on both sides, as OmniSafe."),
     "margin_temperature": (0.1, "Temperature of the sigmoid margin weights."),
     "margin_offset": (0.1, "Margin at which reward and cost directions weigh equally."),
     "margin_cost_ema": (1.0, "Weight of the newest iteration's Jc in the margin's EMA of "
@@ -154,6 +159,7 @@ KFCPO_RULES = (
          "a list of three finite numbers >= 0 (kp, ki, kd)"),
     Rule("margin_multiplier_max", optional(number(0, low_open=True)), f"None or {_POSITIVE}"),
     Rule("margin_pid_init", optional(number(0)), "None or a finite number >= 0"),
+    Rule("margin_pid_unwind_gain", optional(number(0)), "None or a finite number >= 0"),
     Rule("direction_momentum", number(0, 1, high_open=True), "in [0, 1)"),
     Rule("projection", one_of(PROJECTIONS), f"one of {PROJECTIONS}"),
     Rule("normalize_directions", boolean, "True or False"),
@@ -216,6 +222,12 @@ class KFCPOConfig(SafeAlgorithmConfig):
                 f"training(margin_pid_init={self.margin_pid_init!r}) is invalid with "
                 f"margin_schedule={self.margin_schedule!r}: it starts the 'pid' schedule's "
                 "multiplier; set margin_schedule='pid' or margin_pid_init=None.")
+        if self.margin_pid_unwind_gain is not None and self.margin_schedule != "pid":
+            raise ValueError(
+                f"training(margin_pid_unwind_gain={self.margin_pid_unwind_gain!r}) is invalid "
+                f"with margin_schedule={self.margin_schedule!r}: it is the 'pid' schedule's "
+                "integral gain below the set-point; set margin_schedule='pid' or "
+                "margin_pid_unwind_gain=None.")
         if self.held_out_improvement and self.rollback_kl_rows != "held_out":
             raise ValueError(
                 "training(held_out_improvement=True) is invalid with rollback_kl_rows="

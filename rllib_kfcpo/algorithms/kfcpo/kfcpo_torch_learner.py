@@ -172,7 +172,8 @@ class KFCPOTorchLearner(NonSGDPolicyLearner):
         init = self.config.margin_pid_init
         self.margin_pid = PIDLagrangian(kp=kp, ki=ki, kd=kd,
                                         **({} if init is None else {"init": init}),
-                                        multiplier_max=math.inf if cap is None else cap)
+                                        multiplier_max=math.inf if cap is None else cap,
+                                        ki_unwind=self.config.margin_pid_unwind_gain)
         # The previous minibatch's (g_r, g_c, n_r, n_c), flattened: the agreement metrics.
         self.previous_directions: dict[str, list[torch.Tensor]] = {}
         # gradient_averaging: this iteration's sum of minibatch g_r or g_c and their count.
