@@ -131,6 +131,14 @@ KFCPO_SETTINGS: dict[str, tuple[Any, str]] = {
 }
 
 
+#: Settings of the 'pid' margin schedule's controller (None: unused), refused with the other
+#: schedules; each with what it does, for the error.
+PID_ONLY_SETTINGS = {
+    "margin_multiplier_max": "the cap bounds the 'pid' schedule's multiplier",
+    "margin_pid_init": "it starts the 'pid' schedule's multiplier",
+    "margin_pid_unwind_gain": "it is the 'pid' schedule's integral gain below the set-point",
+}
+
 #: KFCPO's settings' rules (rllib_kfcpo.safe.rules); every key of KFCPO_SETTINGS has one.
 _POSITIVE = "a finite number > 0"
 KFCPO_RULES = (
@@ -217,28 +225,18 @@ class KFCPOConfig(SafeAlgorithmConfig):
                 "with margin_schedule='pid': the PID controller has its own integral term "
                 "(margin_pid_gains); set margin_integral_gain=0.0 or use the 'sigmoid' "
                 "schedule.")
-        if self.margin_pid_init is not None and self.margin_schedule != "pid":
-            raise ValueError(
-                f"training(margin_pid_init={self.margin_pid_init!r}) is invalid with "
-                f"margin_schedule={self.margin_schedule!r}: it starts the 'pid' schedule's "
-                "multiplier; set margin_schedule='pid' or margin_pid_init=None.")
-        if self.margin_pid_unwind_gain is not None and self.margin_schedule != "pid":
-            raise ValueError(
-                f"training(margin_pid_unwind_gain={self.margin_pid_unwind_gain!r}) is invalid "
-                f"with margin_schedule={self.margin_schedule!r}: it is the 'pid' schedule's "
-                "integral gain below the set-point; set margin_schedule='pid' or "
-                "margin_pid_unwind_gain=None.")
+        for name, role in PID_ONLY_SETTINGS.items():
+            value = getattr(self, name)
+            if value is not None and self.margin_schedule != "pid":
+                raise ValueError(
+                    f"training({name}={value!r}) is invalid with margin_schedule="
+                    f"{self.margin_schedule!r}: {role}; set margin_schedule='pid' or "
+                    f"{name}=None.")
         if self.held_out_improvement and self.rollback_kl_rows != "held_out":
             raise ValueError(
                 "training(held_out_improvement=True) is invalid with rollback_kl_rows="
                 f"{self.rollback_kl_rows!r}: the improvement is measured on the held-out "
                 "rows; set rollback_kl_rows='held_out' or held_out_improvement=False.")
-        if self.margin_multiplier_max is not None and self.margin_schedule != "pid":
-            raise ValueError(
-                f"training(margin_multiplier_max={self.margin_multiplier_max!r}) is invalid "
-                f"with margin_schedule={self.margin_schedule!r}: the cap bounds the 'pid' "
-                "schedule's multiplier; set margin_schedule='pid' or margin_multiplier_max="
-                "None.")
 
 
 class KFCPO(SafeAlgorithm):
