@@ -23,8 +23,8 @@ level the excess would have built.
 
 ``ki_unwind`` (ours, default None: the symmetric integral of OmniSafe) lets the integral
 fall faster below the limit than it rises above it: a multiplier wound up by a long early
-excess then lets go of the reward within a few iterations of the cost coming down, where
-``ki`` alone takes ``I / (ki |delta|)`` iterations. The price is a bias: the integral is
+excess then lets go of the reward sooner once the cost is down: ``I / (ki_unwind |delta|)``
+iterations where ``ki`` alone takes ``I / (ki |delta|)``. The price is a bias: the integral is
 steady when ``ki`` times the excess equals ``ki_unwind`` times the shortfall, so the cost
 may sit above ``d`` for longer than below it.
 
